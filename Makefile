@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# The venv is reused; llama-cpp-python (built from source, ~5 min) is only rebuilt when pip
+# cannot reuse it: installs are stamped and rerun only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: demo test lab bench install clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# one stamp per set of extras
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(subst +,$(comma),$*)]"
+	touch $@
+
+comma := ,
+
+install: $(VENV)/.installed-default-model+test
+
+demo: $(VENV)/.installed-default-model+test
+	$(PY) notebooks/run_quickstart.py
+
+test: $(VENV)/.installed-default-model+test
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+lab: $(VENV)/.installed-default-model+test
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(VENV)/.installed-default-model+test
+	$(PY) benchmarks/run.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL))
+
+clean-venv:
+	rm -rf $(VENV)

