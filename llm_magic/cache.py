@@ -140,7 +140,8 @@ class ModelCache:
             raise
         with self._lock:
             self.constructions += 1
-            if self.closed or entry.state != LOADING:  # unloaded or shut down meanwhile
+            if self.closed or entry.state != LOADING or self._entries.get(entry.spec.key) is not entry:
+                # unloaded or shut down while it loaded: don't keep it
                 model.close()
                 entry.state = UNLOADED
                 raise CacheClosed(f"{entry.name} was unloaded while it loaded")
@@ -175,10 +176,12 @@ class ModelCache:
             future.result(timeout=remaining)
         except FutureTimeout:
             raise LoadTimeout(f"{entry.name} is still loading ({entry.loading_for():.1f} s so far)") from None
+        except CacheClosed:
+            if self.closed:
+                raise
+            return self.get(spec, deadline)  # unloaded while loading: load it afresh
         except LLMMagicError as exc:
             entry.error_reported = True
-            if isinstance(exc, CacheClosed):
-                raise
             raise type(exc)(str(exc)) from None
         except BaseException as exc:
             entry.error_reported = True
@@ -209,7 +212,9 @@ class ModelCache:
                 event.set()
             model = entry.model
             if entry.state == LOADING:
-                entry.state = UNLOADED  # the loader closes it when it finishes
+                entry.state = UNLOADED  # the loader closes the model when it finishes
+                if self._entries.get(entry.spec.key) is entry:
+                    del self._entries[entry.spec.key]
                 return True
             entry.state = UNLOADED
             entry.model = None

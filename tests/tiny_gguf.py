@@ -219,12 +219,13 @@ def _build_tensors(
        not bias normal tokens.  (An all-zero row would give logit 0, which
        random logits can undercut, hence the negative weight.)
     """
-    import os as _os
-    emb_scale = float(_os.environ.get("EMB", "0.5"))  # token embeddings (dominate the residual)
-    const = emb_scale  # value of the constant channel
-    in_scale = float(_os.environ.get("INS", "0.1"))  # q/k/v/gate/up
-    out_scale = float(_os.environ.get("OUTS", "0.02"))  # attn_output/ffn_down: small => gentle blocks
-    head_gain = float(_os.environ.get("GAIN", "0.2"))  # lm-head chain rows = head_gain * embedding
+    # Scales were tuned so the chain below is followed exactly under greedy
+    # decoding (blocks 2-5x stronger already start to break it into loops).
+    emb_scale = 0.5  # token embeddings: dominate the residual stream
+    const = emb_scale  # value of the constant channel 0
+    in_scale = 0.1  # attn_q/k/v, ffn_gate/up
+    out_scale = 0.02  # attn_output, ffn_down: small => gentle blocks
+    head_gain = 0.2  # chain rows of the lm-head = head_gain * embedding
     kill = 1000.0  # magnitude of the suppressed tokens' lm-head weight
     head_dim = n_embd // n_head
     f32 = np.float32
