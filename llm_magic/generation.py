@@ -284,7 +284,7 @@ class Stream:
                     times["gen_start"] = time.monotonic()
                     for piece in model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
                                               stats=stats, **dict(self.sampling)):
-                        chunks.put(("text", piece, time.monotonic()))
+                        chunks.put(("text", piece))
                     chunks.put(("end", None))
                 finally:
                     model.lock.release()
@@ -317,9 +317,9 @@ class Stream:
                     continue
                 kind = item[0]
                 if kind == "text":
-                    if "first" not in times:
-                        times["first"] = item[2]
-                    times["last"] = item[2]
+                    arrived = time.monotonic()  # when the caller has it, queue hand-off included
+                    times.setdefault("first", arrived)
+                    times["last"] = arrived
                     pieces.append(item[1])
                     yield item[1]
                 elif kind == "end":
@@ -340,8 +340,8 @@ class Stream:
                     break
                 if item[0] == "text":
                     pieces.append(item[1])
-                    times.setdefault("first", item[2])
-                    times["last"] = item[2]
+                    times.setdefault("first", time.monotonic())
+                    times["last"] = time.monotonic()
         except GeneratorExit:
             self.stop("cancelled")
             raise

@@ -84,6 +84,14 @@ def ip(_shell, use_model):
 
 
 @pytest.fixture
+def ip_default(_shell):
+    """The shell with llm_magic loaded and nothing configured: the default model (Gemma 3 270M)."""
+    _shell.run_line_magic("load_ext", "llm_magic")
+    yield _shell
+    _shell.run_line_magic("unload_ext", "llm_magic")
+
+
+@pytest.fixture
 def llama_constructions(monkeypatch):
     """Counts real ``llama_cpp.Llama`` constructions (a spy: the real constructor still runs)."""
     import llama_cpp

