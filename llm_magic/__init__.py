@@ -77,7 +77,6 @@ def cleanup_models(timeout: float = 3.0) -> None:
     """Cancel running generations, close every model and stop the worker threads. Idempotent, fast."""
     generation.stop_all()
     _cache.close_cache(timeout=timeout)
-    generation.shutdown(timeout=timeout)
 
 
 def _fmt_size(n: int | None) -> str:

@@ -51,7 +51,7 @@ class Entry:
     load_started: float = 0.0  # time.monotonic()
     error_reported: bool = True
     active: int = 0  # generations running or queued on this model
-    stop_events: set = field(default_factory=set)
+    users: set = field(default_factory=set)  # running requests: objects with stop() and abandon()
 
     @property
     def name(self) -> str:
@@ -190,15 +190,15 @@ class ModelCache:
 
     # ---- use bookkeeping -------------------------------------------------------------------
 
-    def begin_use(self, entry: Entry, stop_event: threading.Event) -> None:
+    def begin_use(self, entry: Entry, user: Any) -> None:
         with self._lock:
             entry.active += 1
-            entry.stop_events.add(stop_event)
+            entry.users.add(user)
 
-    def end_use(self, entry: Entry, stop_event: threading.Event, used: bool = True) -> None:
+    def end_use(self, entry: Entry, user: Any, used: bool = True) -> None:
         with self._lock:
             entry.active -= 1
-            entry.stop_events.discard(stop_event)
+            entry.users.discard(user)
             if used:
                 entry.uses += 1
                 entry.last_used = time.time()
@@ -208,8 +208,7 @@ class ModelCache:
     def unload(self, entry: Entry, timeout: float = 10.0) -> bool:
         """Stop generations on ``entry``, wait for its lock, close the model. True when closed."""
         with self._lock:
-            for event in list(entry.stop_events):
-                event.set()
+            users = list(entry.users)
             model = entry.model
             if entry.state == LOADING:
                 entry.state = UNLOADED  # the loader closes the model when it finishes
@@ -219,6 +218,7 @@ class ModelCache:
             entry.state = UNLOADED
             entry.model = None
             self._entries.pop(entry.spec.key, None)
+        _stop_users(users)
         if model is None:
             return True
         lock = getattr(model, "lock", None)
@@ -240,15 +240,22 @@ class ModelCache:
             self.closed = True
             entries = list(self._entries.values())
         deadline = time.monotonic() + timeout
-        for entry in entries:
-            for event in list(entry.stop_events):
-                event.set()
+        _stop_users([u for e in entries for u in e.users])
         for entry in entries:
             self.unload(entry, timeout=max(0.05, deadline - time.monotonic()))
         self._pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
 
     def threads(self) -> list[threading.Thread]:
         return self._pool.threads()
+
+
+def _stop_users(users: list) -> None:
+    """Stop running requests: each ends within a token; one whose consumer is not iterating it
+    right now (a suspended stream) is closed here, so it releases its model at once."""
+    for user in users:
+        user.stop()
+    for user in users:
+        user.abandon()
 
 
 _cache: ModelCache | None = None

@@ -8,8 +8,9 @@ token (or one prompt batch) and the caller gets the partial text with ``finish_r
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -17,14 +18,11 @@ from typing import Any, Callable, Iterator
 from . import config
 from .cache import Entry, LoadTimeout, get_cache
 from .errors import ConfigError, LLMMagicError
-from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
 
 FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
-# How long after a stop request we wait for the worker to deliver what it already generated.
-STOP_GRACE_S = 2.0
 
 
 class Answer(str):
@@ -101,22 +99,12 @@ class Answer(str):
 
 
 _last_answer: Answer | None = None
-_pool: WorkerPool | None = None
-_pool_lock = threading.Lock()
 _active: set["Stream"] = set()
 _active_lock = threading.Lock()
 
 
 def last_answer() -> Answer | None:
     return _last_answer
-
-
-def _generation_pool() -> WorkerPool:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = WorkerPool("llm_magic-gen", max_workers=8)
-        return _pool
 
 
 def validate_options(timeout: float | None, max_tokens: int | None, sampling: dict[str, Any]) -> None:
@@ -184,18 +172,30 @@ class Stream:
         self.stop()
         self._iter.close()
 
-    def consume(self, on_chunk: Callable[[str], None] | None = None) -> Answer:
-        """Iterate to the end, calling ``on_chunk`` per chunk. An interrupt (Ctrl-C, the kernel's
-        stop button) anywhere in the loop cancels the generation and keeps the partial answer."""
+    def abandon(self) -> None:
+        """Close the stream if no thread is iterating it right now (else it stops by itself)."""
         try:
-            for chunk in self:
-                if on_chunk is not None:
-                    on_chunk(chunk)
-        except KeyboardInterrupt:
-            self.stop("cancelled")
-            for chunk in self:  # the worker stops within a token; collect what it already made
-                if on_chunk is not None:
-                    on_chunk(chunk)
+            self._iter.close()
+        except ValueError:  # "generator already executing" in another thread
+            pass
+
+    def consume(self, on_chunk: Callable[[str], None] | None = None) -> Answer:
+        """Iterate to the end, calling ``on_chunk`` per chunk, and return the ``Answer``.
+
+        An interrupt (Ctrl-C, the kernel's stop button) cancels the generation and keeps the
+        partial answer. On the main thread the first SIGINT only asks the engine to stop at the
+        next token (so llama.cpp is never interrupted half-way); a second one raises as usual.
+        """
+        with _sigint_stops(self):
+            try:
+                for chunk in self:
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+            except KeyboardInterrupt:
+                self.stop("cancelled")
+                for chunk in self:  # the engine stops within a token; collect what it already made
+                    if on_chunk is not None:
+                        on_chunk(chunk)
         return self.answer
 
     # the work ---------------------------------------------------------------------------------
@@ -262,90 +262,48 @@ class Stream:
                 continue
 
     def _generate(self, cache, entry: Entry, pieces: list[str], meta: dict, times: dict) -> Iterator[str]:
+        """Generate on the calling thread. Measured on 2 cores: handing tokens over from a worker
+        thread costs ~18% of the tokens/s (wake-ups compete with llama.cpp's threads); inline costs ~1%.
+        The panel gets a free kernel by consuming the whole stream on a worker thread instead."""
         from .engines.llama import StreamStats
 
         stats = StreamStats()
-        chunks: queue.SimpleQueue = queue.SimpleQueue()
         model = entry.model
-        cache.begin_use(entry, self._stop_event)
-        worker_done = threading.Event()
-
-        def work() -> None:
-            try:
-                while not model.lock.acquire(timeout=0.05):
-                    if self._should_stop():
-                        chunks.put(("end", None))
-                        return
-                try:
-                    if self._should_stop():
-                        chunks.put(("end", None))
-                        return
-                    prepared = model.prepare(self.prompt, raw=self.raw, system=self.system)
-                    times["gen_start"] = time.monotonic()
-                    for piece in model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
-                                              stats=stats, **dict(self.sampling)):
-                        chunks.put(("text", piece))
-                    chunks.put(("end", None))
-                finally:
-                    model.lock.release()
-            except BaseException as exc:  # noqa: BLE001 - reported to the consumer
-                chunks.put(("error", exc))
-            finally:
-                cache.end_use(entry, self._stop_event, used="gen_start" in times)
-                worker_done.set()
-
-        _generation_pool().submit(work)
-        grace_until = None
+        cache.begin_use(entry, self)
+        acquired = False
         try:
-            while True:
-                if grace_until is None and self._stop_event.is_set():
-                    grace_until = time.monotonic() + STOP_GRACE_S
-                if grace_until is not None:
-                    wait = grace_until - time.monotonic()
-                    if wait <= 0:
-                        log.warning("llm_magic: %s did not stop within %.0f s (a long prompt batch?); "
-                                    "returning the partial answer, the model finishes in the background",
-                                    self.model_name, STOP_GRACE_S)
-                        break
-                else:
-                    remaining = self._remaining()
-                    wait = 0.1 if remaining is None else max(0.0, min(remaining, 0.1))
-                try:
-                    item = chunks.get(timeout=wait)
-                except queue.Empty:
-                    self._should_stop()  # notices the deadline
-                    continue
-                kind = item[0]
-                if kind == "text":
-                    arrived = time.monotonic()  # when the caller has it, queue hand-off included
-                    times.setdefault("first", arrived)
-                    times["last"] = arrived
-                    pieces.append(item[1])
-                    yield item[1]
-                elif kind == "end":
-                    break
-                else:  # the worker failed: keep partial text, or raise if there is none
-                    exc = item[1]
-                    meta["error"] = str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}"
-                    if not pieces:
-                        raise exc
-                    break
-        except KeyboardInterrupt:
-            self.stop("cancelled")
-            worker_done.wait(STOP_GRACE_S)
-            while True:  # keep what was generated before the stop
-                try:
-                    item = chunks.get_nowait()
-                except queue.Empty:
-                    break
-                if item[0] == "text":
-                    pieces.append(item[1])
-                    times.setdefault("first", time.monotonic())
-                    times["last"] = time.monotonic()
+            while not model.lock.acquire(timeout=0.05):  # one generation at a time per model
+                if self._should_stop():
+                    return
+            acquired = True
+            if self._should_stop():
+                return
+            prepared = model.prepare(self.prompt, raw=self.raw, system=self.system)
+            times["gen_start"] = time.monotonic()
+            engine = model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
+                                  stats=stats, **dict(self.sampling))
+            try:
+                for piece in engine:
+                    now = time.monotonic()
+                    times.setdefault("first", now)
+                    times["last"] = now
+                    pieces.append(piece)
+                    yield piece
+            finally:
+                engine.close()
+        except KeyboardInterrupt:  # raised inside the engine: its state stays consistent (llama-cpp
+            self.stop("cancelled")  # trims the KV cache to n_tokens before every eval)
         except GeneratorExit:
             self.stop("cancelled")
             raise
+        except Exception as exc:
+            meta["error"] = str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}"
+            if not pieces:
+                raise
         finally:
+            if acquired:
+                model.lock.release()
+            cache.end_use(entry, self, used="gen_start" in times)
             times["end"] = time.monotonic()
             meta["stats"] = stats
 
@@ -418,18 +376,38 @@ def stop_all(reason: str = "cancelled") -> None:
         streams = list(_active)
     for s in streams:
         s.stop(reason)
+    for s in streams:
+        s.abandon()
 
 
-def shutdown(timeout: float = 2.0) -> None:
-    """Stop every running generation and the generation worker threads."""
-    global _pool
-    stop_all()
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(timeout=timeout)
+@contextlib.contextmanager
+def _sigint_stops(stream: "Stream"):
+    """While consuming on the main thread, turn the first SIGINT into ``stream.stop()``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):  # not the main interpreter
+        yield
+        return
+    pressed = []
 
+    def handler(signum, frame):
+        pressed.append(time.monotonic())
+        if len(pressed) == 1:
+            stream.stop("cancelled")
+        elif callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
 
-def threads() -> list[threading.Thread]:
-    with _pool_lock:
-        return _pool.threads() if _pool is not None else []
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
