@@ -118,10 +118,14 @@ def status_table() -> str:
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext llm_magic``: register the magics and start preloading; returns without waiting."""
-    from .magics import AskMagics
+    from .magics import AskMagics, ask_line_transformer
 
     magics = AskMagics(shell=ipython)
     ipython.register_magics(magics)
+    cleanups = getattr(ipython, "input_transformers_cleanup", None)
+    if cleanups is not None:
+        cleanups[:] = [t for t in cleanups if getattr(t, "__name__", "") != "ask_line_transformer"]
+        cleanups.append(ask_line_transformer)
     _cache.register_atexit(cleanup_models)
     names = config.settings.preload
     if names is None:
@@ -136,6 +140,10 @@ def load_ipython_extension(ipython) -> None:
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext llm_magic``: free every model and stop every worker thread."""
     cleanup_models()
+    cleanups = getattr(ipython, "input_transformers_cleanup", None)
+    if cleanups is not None:
+        cleanups[:] = [t for t in cleanups if getattr(t, "__name__", "") != "ask_line_transformer"]
+    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != "AskMagics"]
     magics = ipython.magics_manager.registry.get("AskMagics")
     if magics is not None:
         for kind in ("line", "cell"):

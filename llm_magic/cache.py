@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ class Entry:
     load_started: float = 0.0  # time.monotonic()
     error_reported: bool = True
     active: int = 0  # generations running or queued on this model
-    users: set = field(default_factory=set)  # running requests: objects with stop() and abandon()
+    users: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # running requests (stop(), abandon())
 
     @property
     def name(self) -> str:
@@ -136,7 +137,8 @@ class ModelCache:
                 entry.state = FAILED
                 entry.error = str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}"
                 entry.load_s = time.monotonic() - started
-            log.warning("llm_magic: loading %s failed: %s", entry.name, entry.error)
+            # no output from a worker thread: the error is kept, shown in %llm status, raised at first use
+            log.debug("llm_magic: loading %s failed: %s", entry.name, entry.error)
             raise
         with self._lock:
             self.constructions += 1
@@ -190,10 +192,14 @@ class ModelCache:
 
     # ---- use bookkeeping -------------------------------------------------------------------
 
-    def begin_use(self, entry: Entry, user: Any) -> None:
+    def begin_use(self, entry: Entry, user: Any, model: Any) -> bool:
+        """Register a request on ``entry``; False if ``model`` is no longer the entry's loaded model."""
         with self._lock:
+            if entry.state != READY or entry.model is not model:
+                return False
             entry.active += 1
             entry.users.add(user)
+            return True
 
     def end_use(self, entry: Entry, user: Any, used: bool = True) -> None:
         with self._lock:
@@ -268,6 +274,7 @@ def get_cache() -> ModelCache:
     with _cache_lock:
         if _cache is None or _cache.closed:
             _cache = ModelCache()
+            register_atexit()
         return _cache
 
 
@@ -280,26 +287,25 @@ def close_cache(timeout: float = 3.0) -> None:
 
 
 _atexit_registered = False
-
-
-def register_atexit(cleanup: Callable[[], None]) -> None:
-    """Register ``cleanup`` once per process (this module survives ``%reload_ext llm_magic``)."""
-    global _atexit_registered
-    if not _atexit_registered:
-        import atexit
-
-        atexit.register(lambda: cleanup_hook())
-        _atexit_registered = True
-    global _cleanup
-    _cleanup = cleanup
-
-
 _cleanup: Callable[[], None] | None = None
 
 
+def register_atexit(cleanup: Callable[[], None] | None = None) -> None:
+    """Run cleanup at interpreter exit, once per process (this module survives ``%reload_ext``).
+
+    ``cleanup`` replaces the default (closing this cache): the package passes ``cleanup_models``."""
+    global _atexit_registered, _cleanup
+    if cleanup is not None:
+        _cleanup = cleanup
+    if not _atexit_registered:
+        import atexit
+
+        atexit.register(cleanup_hook)
+        _atexit_registered = True
+
+
 def cleanup_hook() -> None:
-    if _cleanup is not None:
-        try:
-            _cleanup()
-        except Exception:  # never raise at interpreter exit
-            log.debug("llm_magic: cleanup at exit failed", exc_info=True)
+    try:
+        (_cleanup or close_cache)()
+    except Exception:  # never raise at interpreter exit
+        log.debug("llm_magic: cleanup at exit failed", exc_info=True)

@@ -9,10 +9,12 @@ token (or one prompt batch) and the caller gets the partial text with ``finish_r
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 from . import config
@@ -76,9 +78,12 @@ class Answer(str):
         if self.finish_reason == "timeout":
             limit = f"{self.timeout:g} s" if self.timeout is not None else "the time limit"
             if n == 0 and not self.text:
-                waited = (f" (still loading the model after {self.load_wait_s:.1f} s)"
-                          if self.ttft_s is None and self.load_wait_s > 0 else "")
-                return f"⏱ timed out after {limit} — no answer: no token came{waited}"
+                why = {
+                    "load": f"the model was still loading after {self.load_wait_s:.1f} s",
+                    "lock": "the model was busy with another request the whole time",
+                    "prompt": f"the prompt ({self.n_prompt_evaluated} tokens) was still being evaluated",
+                }.get(getattr(self, "phase", ""), "nothing was generated")
+                return f"⏱ timed out after {limit} — no token came: {why}"
             return f"⏱ timed out after {limit} — partial answer, {tokens}"
         if self.finish_reason == "cancelled":
             return f"⏹ cancelled — partial answer, {tokens}"
@@ -99,8 +104,7 @@ class Answer(str):
 
 
 _last_answer: Answer | None = None
-_active: set["Stream"] = set()
-_active_lock = threading.Lock()
+_active: "weakref.WeakSet[Stream]" = weakref.WeakSet()  # weak: a dropped stream can be collected
 
 
 def last_answer() -> Answer | None:
@@ -149,11 +153,14 @@ class Stream:
         self.entry: Entry | None = None
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
+        self._iter_lock = threading.Lock()  # next() vs abandon() from another thread
         self._iter = self._run()
+        self.phase = "start"  # load -> lock -> prompt -> generate -> done: where the time goes
 
     # public control ---------------------------------------------------------------------------
 
     def stop(self, reason: str = "cancelled") -> None:
+        """Ask the generation to end (from any thread); it does within one token."""
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop_event.set()
@@ -166,18 +173,29 @@ class Stream:
         return self
 
     def __next__(self) -> str:
-        return next(self._iter)
+        with self._iter_lock:
+            return next(self._iter)
 
     def close(self) -> None:
+        """Stop and release the model now. A stream you stop reading keeps its model busy until you
+        close it, or until its deadline passes and another request on that model reclaims it."""
         self.stop()
-        self._iter.close()
+        with self._iter_lock:
+            self._iter.close()
 
-    def abandon(self) -> None:
-        """Close the stream if no thread is iterating it right now (else it stops by itself)."""
+    def abandon(self) -> bool:
+        """Close the stream unless a thread is iterating it right now (that one stops by itself)."""
+        if not self._iter_lock.acquire(blocking=False):
+            return False
         try:
             self._iter.close()
-        except ValueError:  # "generator already executing" in another thread
-            pass
+            return True
+        finally:
+            self._iter_lock.release()
+
+    def stale(self) -> bool:
+        """Stopped or past its deadline: a suspended stale stream may be closed by others."""
+        return self._stop_event.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def consume(self, on_chunk: Callable[[str], None] | None = None) -> Answer:
         """Iterate to the end, calling ``on_chunk`` per chunk, and return the ``Answer``.
@@ -213,35 +231,34 @@ class Stream:
 
     def _run(self) -> Iterator[str]:
         global _last_answer
-        with _active_lock:
-            _active.add(self)
+        _active.add(self)
         pieces: list[str] = []
         meta: dict[str, Any] = {"model": self.model_name, "timeout": self.timeout}
         times: dict[str, float] = {}
         try:
             cache = get_cache()
-            entry = cache.entry(self.spec)
-            if self.on_status and (entry is None or entry.state != "ready"):
-                self.on_status(f"waiting for {self.model_name} to load")
-            try:
-                entry = self._wait_for_model(cache)
-            except LoadTimeout:
+            for _attempt in range(3):  # a model unloaded under us is loaded again
+                self.phase = "load"
+                entry = cache.entry(self.spec)
+                if self.on_status and (entry is None or entry.state != "ready"):
+                    self.on_status(f"waiting for {self.model_name} to load")
+                try:
+                    entry = self._wait_for_model(cache)
+                except LoadTimeout:
+                    self.stop("timeout")
+                except KeyboardInterrupt:
+                    self.stop("cancelled")
                 meta["load_wait_s"] = time.monotonic() - self.started
-                self.stop("timeout")
-                return
-            except KeyboardInterrupt:
-                meta["load_wait_s"] = time.monotonic() - self.started
-                self.stop("cancelled")
-                return
-            if entry is None:  # stopped while waiting
-                meta["load_wait_s"] = time.monotonic() - self.started
-                return
-            self.entry = entry
-            meta["load_wait_s"] = time.monotonic() - self.started
-            yield from self._generate(cache, entry, pieces, meta, times)
+                if entry is None or self._stop_event.is_set():
+                    return
+                self.entry = entry
+                gone = yield from self._generate(cache, entry, pieces, meta, times)
+                if not gone:
+                    return
         finally:
-            with _active_lock:
-                _active.discard(self)
+            meta.setdefault("phase", self.phase)
+            self.phase = "done"
+            _active.discard(self)
             self.answer = self._finish(pieces, meta, times)
             _last_answer = self.answer
             if self.answer.finish_reason == "timeout":
@@ -261,23 +278,51 @@ class Stream:
             except LoadTimeout:
                 continue
 
-    def _generate(self, cache, entry: Entry, pieces: list[str], meta: dict, times: dict) -> Iterator[str]:
-        """Generate on the calling thread. Measured on 2 cores: handing tokens over from a worker
-        thread costs ~18% of the tokens/s (wake-ups compete with llama.cpp's threads); inline costs ~1%.
-        The panel gets a free kernel by consuming the whole stream on a worker thread instead."""
+    def _acquire(self, model) -> bool:
+        """Wait for the model's lock (one generation at a time per model), honouring stop and the
+        deadline. A holder that is suspended (nobody iterating it) and stale is closed, so an
+        abandoned stream cannot keep a model busy forever."""
+        self.phase = "lock"
+        last_gc = time.monotonic()
+        while True:
+            if model.lock.acquire(timeout=0.05):
+                return True
+            if self._should_stop():
+                return False
+            holder = model.holder() if model.holder is not None else None
+            if holder is None or holder is self:
+                continue
+            if holder.stale():
+                holder.abandon()
+            elif not holder._iter.gi_running and time.monotonic() - last_gc > 1.0:
+                # suspended: if nothing references it any more (``for c in stream(...): break``),
+                # a collection finalizes it, which closes it and frees the model
+                holder = None
+                gc.collect()
+                last_gc = time.monotonic()
+
+    def _generate(self, cache, entry: Entry, pieces: list[str], meta: dict, times: dict):
+        """Generate on the calling thread; returns True if the model was unloaded before we began.
+
+        Measured on 2 cores: handing tokens over from a worker thread costs ~18% of the tokens/s
+        (wake-ups compete with llama.cpp's threads); inline costs ~1%. The panel keeps the kernel
+        free by consuming the whole stream on a worker thread instead."""
         from .engines.llama import StreamStats
 
         stats = StreamStats()
         model = entry.model
-        cache.begin_use(entry, self)
+        if model is None or not cache.begin_use(entry, self, model):
+            return True  # unloaded between the wait and now
         acquired = False
         try:
-            while not model.lock.acquire(timeout=0.05):  # one generation at a time per model
-                if self._should_stop():
-                    return
-            acquired = True
-            if self._should_stop():
-                return
+            acquired = self._acquire(model)
+            if not acquired or self._should_stop():
+                return False
+            if model.closed:  # unload() closes under this lock: checking here is race-free
+                return True
+            model.holder = weakref.ref(self)
+            times["locked"] = time.monotonic()
+            self.phase = "prompt"
             prepared = model.prepare(self.prompt, raw=self.raw, system=self.system)
             times["gen_start"] = time.monotonic()
             engine = model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
@@ -285,7 +330,9 @@ class Stream:
             try:
                 for piece in engine:
                     now = time.monotonic()
-                    times.setdefault("first", now)
+                    if "first" not in times:
+                        times["first"] = now
+                        self.phase = "generate"
                     times["last"] = now
                     pieces.append(piece)
                     yield piece
@@ -302,10 +349,13 @@ class Stream:
                 raise
         finally:
             if acquired:
+                model.holder = None
                 model.lock.release()
             cache.end_use(entry, self, used="gen_start" in times)
             times["end"] = time.monotonic()
             meta["stats"] = stats
+            meta["phase"] = self.phase
+        return False
 
     def _finish(self, pieces: list[str], meta: dict, times: dict) -> Answer:
         stats = meta.pop("stats", None)
@@ -327,8 +377,8 @@ class Stream:
         tps = None
         if first is not None and n_tokens >= 2 and times.get("last", first) > first:
             tps = (n_tokens - 1) / (times["last"] - first)
-        gen_start = times.get("gen_start")
-        prompt_s = (stats.first_sample_at - gen_start) if stats and stats.first_sample_at and gen_start else None
+        locked = times.get("locked")  # prompt time counts from getting the model: tokenizing + evaluation
+        prompt_s = (stats.first_sample_at - locked) if stats and stats.first_sample_at and locked else None
         return Answer(
             text,
             finish_reason=finish,
@@ -343,19 +393,21 @@ class Stream:
         )
 
     def _log_timeout(self, answer: Answer, times: dict) -> None:
-        gen_start = times.get("gen_start")
-        lock_wait = (gen_start - self.started - answer.load_wait_s) if gen_start else None
-        parts = [f"waiting for the model load {answer.load_wait_s:.2f} s"]
-        if lock_wait is not None and lock_wait > 0.01:
-            parts.append(f"waiting for the model to be free {lock_wait:.2f} s")
-        if answer.prompt_s is not None:
-            parts.append(f"prompt evaluation {answer.prompt_s:.2f} s ({answer.n_prompt_evaluated} tokens)")
-        elif gen_start is not None:
-            parts.append(f"prompt evaluation {times['end'] - gen_start:.2f} s, unfinished "
-                         f"({answer.n_prompt_evaluated} tokens)")
-        if answer.prompt_s is not None and gen_start is not None:
-            gen_s = answer.total_s - (gen_start - self.started) - answer.prompt_s
-            parts.append(f"generation {max(gen_s, 0):.2f} s ({answer.n_tokens} tokens)")
+        """One log record saying where the time went."""
+        end = times.get("end", self.started + answer.total_s)
+        gen_start = times.get("locked")
+        load = answer.load_wait_s
+        lock = (times.get("locked", end) - self.started - load) if "end" in times else 0.0
+        parts = [f"waiting for the model load {load:.2f} s"]
+        if lock > 0.005:
+            parts.append(f"waiting for the model to be free {lock:.2f} s")
+        if gen_start is not None:
+            first_sample = answer.prompt_s
+            if first_sample is None:
+                parts.append(f"prompt evaluation {end - gen_start:.2f} s, unfinished ({answer.n_prompt_evaluated} tokens)")
+            else:
+                parts.append(f"prompt evaluation {first_sample:.2f} s ({answer.n_prompt_evaluated} tokens)")
+                parts.append(f"generation {max(end - gen_start - first_sample, 0):.2f} s ({answer.n_tokens} tokens)")
         log.warning("llm_magic: %s timed out after %g s: %s", answer.model, self.timeout, "; ".join(parts))
 
 
@@ -372,8 +424,7 @@ def ask(prompt: str, model: str | None = None, timeout: float | None = None,
 
 
 def stop_all(reason: str = "cancelled") -> None:
-    with _active_lock:
-        streams = list(_active)
+    streams = list(_active)
     for s in streams:
         s.stop(reason)
     for s in streams:

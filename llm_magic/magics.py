@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shlex
 import time
-from datetime import datetime
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -24,6 +24,30 @@ log = logging.getLogger("llm_magic")
 
 def _user_error(exc: LLMMagicError) -> UsageError:
     return UsageError(str(exc))
+
+
+_ASK_LINE = re.compile(r"^(\s*)%ask(\s.*)$")
+
+
+def ask_line_transformer(lines: list[str]) -> list[str]:
+    """Route ``%ask ... ?`` lines to the magic as written.
+
+    IPython reads a line ending in ``?`` as a help request (``%ask What is X?`` would show help
+    for ``X``), and almost every question ends in ``?``. This cleanup transform runs before that
+    rule and turns each ``%ask`` line into an explicit ``run_line_magic`` call. ``%ask?`` (help)
+    and ``%%ask`` cells are left alone.
+    """
+    if not lines or lines[0].lstrip().startswith("%%"):
+        return lines
+    out = []
+    for line in lines:
+        match = _ASK_LINE.match(line.rstrip("\n"))
+        if match and match.group(2).strip():
+            indent, rest = match.group(1), match.group(2).strip()
+            out.append(f"{indent}get_ipython().run_line_magic('ask', {rest!r})\n")
+        else:
+            out.append(line)
+    return out
 
 
 def split_options(line: str, value_options: set[str], flag_options: set[str]) -> tuple[str, str]:
@@ -167,12 +191,13 @@ class AskMagics(Magics):
         view.start()
         try:
             answer = stream.consume(on_chunk=view.add)
-        except LLMMagicError as e:
-            view.finish(marker=None, final_text="")
-            if e.user_error:
+        except BaseException as e:
+            view.finish(marker=f"⚠ {e}" if not isinstance(e, LLMMagicError) else None, final_text=view.text)
+            if isinstance(e, LLMMagicError) and e.user_error:
                 raise _user_error(e) from None
             raise
         view.finish(marker=answer.marker())
+        _warn_mlock_once(stream)
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------
@@ -238,5 +263,13 @@ class AskMagics(Magics):
         print(f"unloaded {n} model{'s' if n != 1 else ''}")
 
 
-def format_time(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
+_mlock_warned = False
+
+
+def _warn_mlock_once(stream: generation.Stream) -> None:
+    """Say once per kernel that mlock was refused (from the main thread, after the answer)."""
+    global _mlock_warned
+    mlock = getattr(getattr(stream.entry, "model", None), "mlock", "") or ""
+    if not _mlock_warned and mlock.startswith("off (fallback"):
+        _mlock_warned = True
+        log.warning("llm_magic: %s is loaded without mlock: %s", stream.model_name, mlock[len("off (fallback: "):-1])

@@ -291,3 +291,67 @@ def test_cache_close_all_is_bounded_even_when_a_load_hangs(tiny_model):
     c.close_all(timeout=0.5)
     assert time.monotonic() - t0 < 2
     gate.set()
+
+
+# ---- robustness (from review) -----------------------------------------------------------------
+
+def test_unload_while_another_thread_streams_is_safe(tiny_model):
+    result = {}
+
+    def long_ask():
+        result["a"] = llm_magic.ask("go", model=tiny_model, max_tokens=100_000, timeout=60)
+
+    t = threading.Thread(target=long_ask)
+    t.start()
+    time.sleep(0.3)
+    assert llm_magic.unload(tiny_model) == 1
+    t.join(10)
+    assert not t.is_alive() and result["a"].finish_reason == "cancelled"
+    assert llm_magic.ask("again", model=tiny_model, max_tokens=3).n_tokens == 3  # reloaded
+
+
+def test_a_stream_nobody_reads_is_reclaimed_after_its_deadline(tiny_model):
+    s = llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=0.5)
+    next(s)  # holds the model's lock, suspended
+    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=10)
+    assert b.n_tokens == 3 and b.total_s < 5
+    assert s.answer is not None and s.answer.finish_reason in ("timeout", "cancelled")
+
+
+def test_a_dropped_stream_frees_its_model(tiny_model):
+    for chunk in llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=300):
+        break  # nothing references the stream any more
+    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=10)
+    assert b.n_tokens == 3 and b.total_s < 5
+
+
+def test_timeout_waiting_for_a_busy_model_says_so(tiny_model):
+    s = llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=60)
+    next(s)
+    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=0.3)
+    assert b.finish_reason == "timeout" and "busy with another request" in b.marker()
+    s.close()
+    assert s.answer.finish_reason == "cancelled"
+
+
+def test_stop_strings_cut_the_text_and_count_tokens_exactly(tiny_model):
+    # the tiny model emits one ASCII token per chunk: chunk k is token k
+    chunks = list(llm_magic.stream("hello", model=tiny_model, max_tokens=60, temperature=0, raw=True))
+    text = "".join(chunks)
+    stop = text[100:104] if len(text) > 110 else text[len(text) // 2:len(text) // 2 + 3]
+    cut = text.index(stop)
+    k = next(i for i in range(len(chunks)) if len("".join(chunks[:i + 1])) > cut + len(stop) - 1)
+    for stop_arg in (stop, [stop]):  # a plain string is one stop string, not a list of characters
+        a = llm_magic.ask("hello", model=tiny_model, max_tokens=60, temperature=0, raw=True, stop=stop_arg)
+        assert a == text[:cut] and a.finish_reason == "stop"
+        assert a.n_tokens == k + 1
+
+
+def test_long_prompt_respects_the_deadline_between_batches(tiny_model):
+    config.settings.models = {"big": {"path": tiny_model, "n_ctx": 2048, "n_batch": 32}}
+    prompt = "the capital of France is Paris " * 250
+    a = llm_magic.ask(prompt, model="big", timeout=0.05, max_tokens=10)
+    assert a.finish_reason == "timeout"
+    assert a.total_s < 1.0
+    full = llm_magic.ask(prompt, model="big", timeout=60, max_tokens=5, temperature=0)
+    assert full.n_tokens == 5 and full.n_prompt_tokens > 1000

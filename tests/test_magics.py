@@ -234,3 +234,19 @@ def test_markdown_escapes_html_but_not_code():
     safe = safe_markdown(evil)
     assert "<img" not in safe and "<script" not in safe and "javascript:" not in safe
     assert "&lt;img" in safe and "`<b>`" in safe and "```\n<i>\n```" in safe
+
+
+def test_line_ask_with_question_mark_is_not_a_help_request(ip):
+    result, out = run(ip, "%ask -n 4 -o q What is the capital of France?")
+    assert result.success, out
+    assert ip.user_ns["q"].n_tokens == 4
+    assert llm_magic.last_answer() is ip.user_ns["q"]
+
+
+def test_unload_ext_removes_config_and_transformer(_shell, use_model):
+    _shell.run_line_magic("load_ext", "llm_magic")
+    _shell.run_line_magic("reload_ext", "llm_magic")
+    assert sum(type(c).__name__ == "AskMagics" for c in _shell.configurables) == 1
+    _shell.run_line_magic("unload_ext", "llm_magic")
+    assert not any(type(c).__name__ == "AskMagics" for c in _shell.configurables)
+    assert not any(getattr(t, "__name__", "") == "ask_line_transformer" for t in _shell.input_transformers_cleanup)

@@ -33,15 +33,6 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "se
 _llama_cpp = None
 _setup_lock = threading.Lock()
 _local = threading.local()  # per-thread capture of native log lines during a load
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
-
-
 def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """llama.cpp's log callback: never print; keep lines for diagnosis; debug logging shows them."""
     try:
@@ -132,6 +123,7 @@ class LocalModel:
     chat_template: str | None
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    holder: Any = None  # weakref to the request holding ``lock``
 
     kind = "local"
 
@@ -160,8 +152,6 @@ class LocalModel:
             n_ctx = header.context_length
         use_mlock, why_not = (False, "") if not spec.use_mlock else _mlock_allowed(size)
         mlock = "on" if use_mlock else ("off" if not spec.use_mlock else f"off (fallback: {why_not})")
-        if spec.use_mlock and not use_mlock:
-            _warn_once("mlock", f"llm_magic: mlock refused ({why_not}); loading without mlock")
         _local.lines = deque(maxlen=200)
         try:
             llm = lc.Llama(
@@ -183,7 +173,6 @@ class LocalModel:
         llm.verbose = False  # no timing prints per generation
         if use_mlock and any("failed to mlock" in line for line in lines):
             mlock = "off (fallback: the OS refused mlock)"
-            _warn_once("mlock", "llm_magic: the OS refused mlock; the model is loaded without it")
         template = llm.metadata.get("tokenizer.chat_template")
         # llama.cpp may pad the KV cache beyond n_ctx, but llama-cpp-python sizes its token
         # buffer to the n_ctx we asked for: the smaller one is the real limit.
@@ -194,6 +183,8 @@ class LocalModel:
     def prepare(self, prompt: str, *, raw: bool = False, system: str | None = None,
                 max_tokens: int = 0) -> Prepared:
         """Tokenize the request the way this model expects it."""
+        if self.closed:
+            raise RuntimeError(f"{self.spec.display_name} was unloaded")
         llm = self.llm
         stop: list[str] = []
         if raw:
@@ -239,43 +230,98 @@ class LocalModel:
                stats: StreamStats, **sampling: Any) -> Iterator[str]:
         """Yield text pieces as tokens are generated. Caller holds ``self.lock``.
 
-        ``should_stop`` is polled once per sampled token (llama-cpp-python's ``stopping_criteria``),
-        so a stop request ends the generation within one token.
+        ``should_stop`` is polled once per sampled token (llama-cpp-python's ``stopping_criteria``)
+        and between prompt batches, so a stop request ends the work within one token or one batch.
+        Stop strings are matched here rather than in llama-cpp-python, so that the token count
+        stays exact (its ``finish_reason="stop"`` then always means an end-of-generation token).
         """
         if self.closed:
             raise RuntimeError(f"{self.spec.display_name} was unloaded")
         llm = self.llm
         tokens = prepared.tokens
         stats.n_prompt_tokens = len(tokens)
-        stats.n_prompt_evaluated = len(tokens) - self._reusable_prefix(tokens)
-        stop = list(prepared.stop) + list(sampling.pop("stop", None) or [])
+        reuse = self._reusable_prefix(tokens)
+        stats.n_prompt_evaluated = len(tokens) - reuse
+        extra_stop = sampling.pop("stop", None) or []
+        stops = [s for s in list(prepared.stop) + ([extra_stop] if isinstance(extra_stop, str) else list(extra_stop)) if s]
         seed = sampling.pop("seed", None)
         kwargs = {k: v for k, v in sampling.items() if v is not None}
 
-        def criteria(_input_ids, _logits) -> bool:
+        if not self._evaluate_prompt(tokens, reuse, should_stop):
+            return  # stopped during a long prompt
+
+        seen = {"len": -1, "accepted": 0}
+
+        def criteria(input_ids, _logits) -> bool:
             if stats.first_sample_at is None:
                 stats.first_sample_at = time.monotonic()
-            return should_stop()
+            stop = should_stop()
+            if len(input_ids) > seen["len"]:  # one call per sampled token (plus a final re-check)
+                seen["len"] = len(input_ids)
+                if not stop:
+                    seen["accepted"] += 1
+            return stop
 
         engine_finish = None
-        for chunk in llm.create_completion(
+        text, emitted, hit = "", 0, False
+        completion = llm.create_completion(
             tokens,
             max_tokens=max_tokens,
             stream=True,
-            stop=stop or None,
             seed=seed if seed is not None and seed >= 0 else None,
             stopping_criteria=llama_cpp().StoppingCriteriaList([criteria]),
             **kwargs,
-        ):
-            choice = chunk["choices"][0]
-            if choice.get("finish_reason"):
-                engine_finish = choice["finish_reason"]
-            if choice["text"]:
-                yield choice["text"]
-        generated = max(0, llm.n_tokens - len(tokens))
-        # the last token sampled is yielded but not evaluated when generation ends at max_tokens
-        stats.n_tokens = generated + (1 if engine_finish == "length" else 0)
-        stats.finish_reason = engine_finish
+        )
+        try:
+            for chunk in completion:
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason"):
+                    engine_finish = choice["finish_reason"]
+                piece = choice["text"]
+                if not piece:
+                    continue
+                if not stops:
+                    yield piece
+                    continue
+                text += piece
+                cut = _find_stop(text, stops, emitted)
+                if cut is not None:
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    hit = True
+                    break
+                safe = len(text) - _held_back(text, stops, emitted)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+            if not hit and stops and emitted < len(text):
+                yield text[emitted:]
+        finally:
+            completion.close()
+        accepted = seen["accepted"]
+        if engine_finish == "stop" and not hit:
+            accepted -= 1  # the end-of-generation token is sampled but is not part of the answer
+        stats.n_tokens = max(0, accepted)
+        stats.finish_reason = "stop" if hit else engine_finish
+
+    def _evaluate_prompt(self, tokens: list[int], reuse: int, should_stop: Callable[[], bool]) -> bool:
+        """Evaluate a long prompt batch by batch so a deadline or Stop can act between batches.
+
+        llama-cpp-python evaluates the whole prompt in one uninterruptible call. We evaluate all
+        but its last token ourselves; ``create_completion`` then reuses that prefix from the KV cache.
+        Short prompts (one batch) are left to ``create_completion``. Returns False if stopped.
+        """
+        llm = self.llm
+        n_batch = llm.n_batch
+        target = len(tokens) - 1
+        if target - reuse <= n_batch or getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False):
+            return True
+        llm.n_tokens = min(llm.n_tokens, reuse)
+        for start in range(llm.n_tokens, target, n_batch):
+            if should_stop():
+                return False
+            llm.eval(tokens[start:min(start + n_batch, target)])
+        return not should_stop()
 
     def _reusable_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama.cpp will reuse from the KV cache."""
@@ -291,6 +337,23 @@ class LocalModel:
         if not self.closed:
             self.closed = True
             self.llm.close()
+
+
+def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
+    """Index where the earliest stop string starts, searching only text not yet emitted."""
+    found = [i for s in stops if (i := text.find(s, max(0, emitted - len(s) + 1))) != -1]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: list[str], emitted: int) -> int:
+    """Length of the longest tail of ``text`` that could be the start of a stop string."""
+    longest = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text) - emitted), longest, -1):
+            if text.endswith(s[:k]):
+                longest = k
+                break
+    return longest
 
 
 def _native_reason(lines) -> str | None:
