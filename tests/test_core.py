@@ -347,11 +347,24 @@ def test_stop_strings_cut_the_text_and_count_tokens_exactly(tiny_model):
         assert a.n_tokens == k + 1
 
 
-def test_long_prompt_respects_the_deadline_between_batches(tiny_model):
+def test_long_prompt_is_evaluated_batch_by_batch_and_can_stop_between_batches(tiny_model):
     config.settings.models = {"big": {"path": tiny_model, "n_ctx": 2048, "n_batch": 32}}
     prompt = "the capital of France is Paris " * 250
-    a = llm_magic.ask(prompt, model="big", timeout=0.05, max_tokens=10)
-    assert a.finish_reason == "timeout"
-    assert a.total_s < 1.0
     full = llm_magic.ask(prompt, model="big", timeout=60, max_tokens=5, temperature=0)
     assert full.n_tokens == 5 and full.n_prompt_tokens > 1000
+    model = cache_mod.get_cache().entries()[0].model
+    prepared = model.prepare(prompt + " and more")
+    seen = []
+
+    def should_stop():
+        seen.append(model.llm.n_tokens)
+        return len(seen) > 3
+
+    with model.lock:
+        reuse = model._reusable_prefix(prepared.tokens)
+        assert reuse > 1000  # the earlier prompt is a shared prefix
+        model.llm.n_tokens = 0  # force a full evaluation
+        assert model._evaluate_prompt(prepared.tokens, 0, should_stop) is False
+    assert seen == [0, 32, 64, 96]  # checked before every batch of n_batch tokens
+    again = llm_magic.ask(prompt, model="big", timeout=60, max_tokens=5, temperature=0)
+    assert again == full  # the model state stayed consistent

@@ -27,3 +27,13 @@ def test_default_model_through_the_magic(ip_default):
     result, out = run(ip_default, "%%ask --temperature 0 -n 32 -o a\nWhat is the capital of France?")
     assert result.success, out
     assert "Paris" in ip_default.user_ns["a"] and "Paris" in out
+
+
+def test_timeout_during_a_long_prompt_acts_between_batches():
+    prompt = "Here is a long text about the history of Paris. " * 300
+    a = llm_magic.ask(prompt, timeout=1.0, max_tokens=50)
+    assert a.finish_reason == "timeout" and a.n_tokens == 0
+    assert a.total_s < 1.0 + 3.0  # at most one prompt batch (512 tokens) past the deadline
+    assert "prompt" in a.marker()
+    b = llm_magic.ask("What is the capital of France?", temperature=0, max_tokens=16)
+    assert "Paris" in b
