@@ -252,6 +252,7 @@ class Stream:
                 if entry is None or self._stop_event.is_set():
                     return
                 self.entry = entry
+                _warn_mlock_once(entry)
                 gone = yield from self._generate(cache, entry, pieces, meta, times)
                 if not gone:
                     return
@@ -429,6 +430,19 @@ def stop_all(reason: str = "cancelled") -> None:
         s.stop(reason)
     for s in streams:
         s.abandon()
+
+
+_mlock_warned = False
+
+
+def _warn_mlock_once(entry: Entry) -> None:
+    """Say once per process that mlock was refused; only from the main thread (the load thread
+    and the panel's worker must not print into whatever cell happens to run)."""
+    global _mlock_warned
+    mlock = getattr(entry.model, "mlock", "") or ""
+    if not _mlock_warned and mlock.startswith("off (fallback") and threading.current_thread() is threading.main_thread():
+        _mlock_warned = True
+        log.warning("llm_magic: %s is loaded without mlock (%s)", entry.name, mlock[len("off (fallback: "):-1])
 
 
 @contextlib.contextmanager

@@ -197,7 +197,6 @@ class AskMagics(Magics):
                 raise _user_error(e) from None
             raise
         view.finish(marker=answer.marker())
-        _warn_mlock_once(stream)
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------
@@ -261,15 +260,3 @@ class AskMagics(Magics):
         else:
             raise UsageError("usage: %llm unload NAME | %llm unload --all")
         print(f"unloaded {n} model{'s' if n != 1 else ''}")
-
-
-_mlock_warned = False
-
-
-def _warn_mlock_once(stream: generation.Stream) -> None:
-    """Say once per kernel that mlock was refused (from the main thread, after the answer)."""
-    global _mlock_warned
-    mlock = getattr(getattr(stream.entry, "model", None), "mlock", "") or ""
-    if not _mlock_warned and mlock.startswith("off (fallback"):
-        _mlock_warned = True
-        log.warning("llm_magic: %s is loaded without mlock: %s", stream.model_name, mlock[len("off (fallback: "):-1])

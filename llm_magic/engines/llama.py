@@ -91,9 +91,22 @@ def _mlock_allowed(size: int) -> tuple[bool, str]:
             return True, ""
         except (ValueError, OSError):
             pass
-    if os.geteuid() == 0:  # root usually has CAP_IPC_LOCK, which ignores the limit; llama.cpp tells us if not
+    if _has_cap_ipc_lock():  # CAP_IPC_LOCK ignores the limit
         return True, ""
     return False, f"RLIMIT_MEMLOCK is {soft} bytes, the model needs {size}"
+
+
+def _has_cap_ipc_lock() -> bool:
+    """Does this process hold CAP_IPC_LOCK (bit 14 of CapEff)? If we can't tell, let llama.cpp try:
+    a refused mlock shows up in its log and is reported all the same."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 14 & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 @dataclass
