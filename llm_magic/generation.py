@@ -156,6 +156,7 @@ class Stream:
         self._iter_lock = threading.Lock()  # next() vs abandon() from another thread
         self._iter = self._run()
         self.phase = "start"  # load -> lock -> prompt -> generate -> done: where the time goes
+        self.defer_log = False
 
     # public control ---------------------------------------------------------------------------
 
@@ -262,8 +263,9 @@ class Stream:
             _active.discard(self)
             self.answer = self._finish(pieces, meta, times)
             _last_answer = self.answer
-            if self.answer.finish_reason == "timeout":
-                self._log_timeout(self.answer, times)
+            self._times = times
+            if self.answer.finish_reason == "timeout" and not self.defer_log:
+                self.log_timeout()
 
     def _wait_for_model(self, cache) -> Entry | None:
         # Wait in short slices so stop() and KeyboardInterrupt are honoured during a load.
@@ -393,8 +395,12 @@ class Stream:
             **meta,
         )
 
-    def _log_timeout(self, answer: Answer, times: dict) -> None:
-        """One log record saying where the time went."""
+    def log_timeout(self) -> None:
+        """One log record saying where the time went (front ends that show the answer first set
+        ``defer_log`` and call this after)."""
+        answer, times = self.answer, getattr(self, "_times", {})
+        if answer is None or answer.finish_reason != "timeout":
+            return
         end = times.get("end", self.started + answer.total_s)
         gen_start = times.get("locked")
         load = answer.load_wait_s

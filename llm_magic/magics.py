@@ -188,6 +188,7 @@ class AskMagics(Magics):
             raise _user_error(e) from None
         view = StreamDisplay()
         stream.on_status = view.status
+        stream.defer_log = True  # the timeout log line goes under the answer, not into it
         view.start()
         try:
             answer = stream.consume(on_chunk=view.add)
@@ -197,6 +198,7 @@ class AskMagics(Magics):
                 raise _user_error(e) from None
             raise
         view.finish(marker=answer.marker())
+        stream.log_timeout()
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------
