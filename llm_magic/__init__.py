@@ -19,7 +19,7 @@ from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, P
 from .generation import Answer, Stream, ask, last_answer, stream
 
 __all__ = [
-    "Answer", "Stream", "ask", "stream", "preload", "models", "unload", "cleanup_models", "last_answer",
+    "Answer", "Stream", "ask", "stream", "preload", "models", "unload", "cleanup_models", "last_answer", "panel",
     "status_table", "load_ipython_extension", "unload_ipython_extension",
     "LLMMagicError", "ConfigError", "ModelNotFound", "ModelLoadError", "PromptTooLong",
 ]
@@ -77,6 +77,16 @@ def cleanup_models(timeout: float = 3.0) -> None:
     """Cancel running generations, close every model and stop the worker threads. Idempotent, fast."""
     generation.stop_all()
     _cache.close_cache(timeout=timeout)
+    generation.shutdown(timeout=timeout)
+
+
+def panel(**defaults: Any):
+    """Display an ``AskPanel`` (prompt, model picker, Ask/Stop, live answer) and return it.
+
+    ``defaults``: initial ``model``, ``max_tokens``, ``timeout``, ``temperature``, ``prompt``."""
+    from .panel import AskPanel
+
+    return AskPanel.show(**defaults)
 
 
 def _fmt_size(n: int | None) -> str:

@@ -15,11 +15,13 @@ import signal
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 from . import config
 from .cache import Entry, LoadTimeout, get_cache
 from .errors import ConfigError, LLMMagicError
+from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
 
@@ -428,6 +430,54 @@ def ask(prompt: str, model: str | None = None, timeout: float | None = None,
         max_tokens: int | None = None, raw: bool = False, **sampling: Any) -> Answer:
     """Ask and wait for the whole ``Answer`` (a partial one on timeout or interrupt)."""
     return stream(prompt, model=model, timeout=timeout, max_tokens=max_tokens, raw=raw, **sampling).consume()
+
+
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def run_in_background(stream: Stream, on_chunk: Callable[[str], None] | None = None,
+                      on_done: Callable[[Answer | None, BaseException | None], None] | None = None) -> Future:
+    """Consume ``stream`` on a named worker thread (``llm_magic-gen-N``) so the kernel stays free.
+
+    ``on_chunk`` runs on that thread for every chunk (set widget traits there; never print);
+    ``on_done(answer, error)`` runs once at the end. The future resolves to the ``Answer``.
+    ``cleanup_models()`` stops the stream and the worker threads.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WorkerPool("llm_magic-gen", max_workers=8)
+        pool = _pool
+
+    def work() -> Answer:
+        answer, error = None, None
+        try:
+            answer = stream.consume(on_chunk)
+            return answer
+        except BaseException as exc:  # noqa: BLE001 - reported through on_done and the future
+            error = exc
+            raise
+        finally:
+            if on_done is not None:
+                on_done(stream.answer if answer is None else answer, error)
+
+    return pool.submit(work)
+
+
+def shutdown(timeout: float = 2.0) -> None:
+    """Stop every running generation and the background worker threads."""
+    global _pool
+    stop_all()
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(timeout=timeout)
+
+
+def threads() -> list[threading.Thread]:
+    with _pool_lock:
+        return _pool.threads() if _pool is not None else []
 
 
 def stop_all(reason: str = "cancelled") -> None:

@@ -223,6 +223,7 @@ class AskMagics(Magics):
               "%llm load NAME [--wait]   start loading a model in the background (--wait: until ready)\n"
               "%llm unload NAME          close a model and free its memory\n"
               "%llm unload --all         close every model\n"
+              "%llm panel                an interactive ask panel (the kernel stays free while it streams)\n"
               "%llm help                 this list")
 
     def _llm_status(self, rest: str) -> None:
@@ -250,6 +251,13 @@ class AskMagics(Magics):
             print(f"ready in {time.monotonic() - started:.2f} s: {', '.join(e.name for e in entries)}")
         else:
             print(f"loading in the background: {', '.join(e.name for e in entries)}")
+
+    def _llm_panel(self, rest: str):
+        from . import panel
+
+        if rest.strip():
+            raise UsageError("usage: %llm panel   (set defaults with llm_magic.panel(model=..., max_tokens=...))")
+        panel()
 
     def _llm_unload(self, rest: str) -> None:
         from . import unload
