@@ -1,0 +1,422 @@
+"""The ask panel's widget logic, with a recording comm (the way ipywidgets tests itself) and the
+tiny real model: streaming, throttling, Stop, timeouts, errors, two panels, close/cleanup, escaping."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import llm_magic
+from llm_magic import config, generation
+from llm_magic.generation import Answer
+from llm_magic.panel import AskPanel, model_choices, render_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+CRAFTED = ['Hello <img src=x onerror="window.__pwned=1"> and ',
+           "<script>window.__pwned=1</script> **bold** [x](javascript:alert(1))"]
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: records every message a widget sends, with its time."""
+
+    kernel = "Truthy"  # ipywidgets only sends when the comm has a kernel
+
+    def __init__(self, *args, **kwargs):
+        self.comm_id = uuid.uuid4().hex
+        self.messages: list[tuple[float, dict]] = []
+        self.lock = threading.Lock()
+
+    def open(self, *args, **kwargs):
+        pass
+
+    def on_msg(self, *args, **kwargs):
+        pass
+
+    def send(self, data=None, buffers=None, **kwargs):
+        with self.lock:
+            self.messages.append((time.monotonic(), data))
+
+    def close(self, *args, **kwargs):
+        pass
+
+    def values(self, key: str = "value") -> list[tuple[float, object]]:
+        with self.lock:
+            return [(t, d["state"][key]) for t, d in self.messages
+                    if d and d.get("method") == "update" and key in d.get("state", {})]
+
+
+@pytest.fixture(autouse=True)
+def recording_comm(monkeypatch):
+    import comm
+
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **k: RecordingComm())
+    yield
+
+
+def make_panel(**kw) -> AskPanel:
+    kw.setdefault("temperature", 0.0)
+    return AskPanel(**kw)
+
+
+def wait_for(cond, timeout: float = 10.0, step: float = 0.005):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def status_text(panel: AskPanel) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", panel.status.value))
+
+
+class CraftedStream:
+    """A stream-like object that yields chosen chunks: drives the renderer without a model."""
+
+    model_name = "crafted"
+    prompt = "crafted"
+    phase = "generate"
+
+    def __init__(self, pieces, delay: float = 0.05):
+        self.pieces, self.delay, self.answer = pieces, delay, None
+        self.stopped = threading.Event()
+
+    def consume(self, on_chunk):
+        for p in self.pieces:
+            if self.stopped.is_set():
+                break
+            on_chunk(p)
+            time.sleep(self.delay)
+        self.answer = Answer("".join(self.pieces), n_tokens=len(self.pieces), model="crafted")
+        return self.answer
+
+    def stop(self, reason="cancelled"):
+        self.stopped.set()
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def test_parts_and_model_list(use_model, tiny_model, tiny_model_b, chat_model):
+    config.settings.models = {"b": {"path": tiny_model_b}, "ghost": {"path": "/nonexistent/ghost.gguf"}}
+    llm_magic.preload(tiny_model)
+    llm_magic.cache.get_cache().get(config.resolve(tiny_model))
+    panel = make_panel(max_tokens=77, timeout=9, prompt="hi")
+    import ipywidgets as w
+
+    assert isinstance(panel, w.Box)
+    assert isinstance(panel.prompt, w.Textarea) and panel.prompt.value == "hi"
+    assert isinstance(panel.model, w.Dropdown)
+    assert isinstance(panel.ask_button, w.Button) and isinstance(panel.stop_button, w.Button)
+    assert panel.max_tokens.value == 77 and panel.timeout.value == 9 and panel.temperature.value == 0
+    assert panel.answer is None and panel.running is False and panel.history == []
+    assert not panel.ask_button.disabled and panel.stop_button.disabled
+    labels = dict((v, l) for l, v in panel.model.options)
+    assert labels[tiny_model] == "default · tiny.gguf — ready"
+    assert labels["b"] == "b (tiny-b.gguf) — not loaded"
+    assert labels["ghost"] == "ghost — missing"
+    assert panel.model.value == tiny_model
+    assert "tiny.gguf: ready" in status_text(panel)
+    panel.model.value = "ghost"
+    assert "model file not found" in status_text(panel)
+    # a loaded model that is neither the default nor an alias is listed too; an alias and its path once
+    llm_magic.preload(chat_model, tiny_model_b)
+    panel.refresh_models()
+    values = [v for _, v in panel.model.options]
+    assert values == [tiny_model, "b", "ghost", chat_model]
+    assert panel.model.value == "ghost"  # the selection survives a refresh
+    panel.close()
+
+
+def test_show_and_magic_display_the_panel(ip):
+    from IPython.utils.capture import capture_output
+
+    import llm_magic.panel  # noqa: F401 - importing the module must not break llm_magic.panel()
+
+    for _ in range(2):
+        with capture_output() as cap:
+            p = llm_magic.panel(max_tokens=5)
+        assert isinstance(p, AskPanel) and p.max_tokens.value == 5
+        assert cap.outputs, "the panel was displayed"
+        p.close()
+    with pytest.raises(llm_magic.ConfigError, match="unknown panel option"):
+        llm_magic.panel(max_token=5)
+    with capture_output() as cap:
+        result = ip.run_cell("%llm panel")
+    assert result.success and cap.outputs
+
+
+# ---- streaming --------------------------------------------------------------------------------
+
+def test_click_returns_at_once_streams_and_is_throttled(use_model):
+    panel = make_panel(max_tokens=1500, timeout=60)
+    values = panel.answer_area.comm.values
+    panel.prompt.value = "Tell me a story"
+    t0 = time.monotonic()
+    panel.ask_button.click()
+    click_s = time.monotonic() - t0
+    assert click_s < 0.2, click_s
+    assert panel.running and panel.ask_button.disabled and not panel.stop_button.disabled
+    # updates arrive while it generates
+    assert wait_for(lambda: len(values()) >= 3 and panel.running, timeout=20), (len(values()), panel.running)
+    assert panel.running
+    interim = values()[-1][1]
+    assert "▌" in interim  # the cursor: still streaming
+    answer = panel.wait(60)
+    elapsed = time.monotonic() - t0
+    assert answer is panel.answer and answer.finish_reason == "length" and answer.n_tokens == 1500
+    assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
+    assert panel.history == [("Tell me a story", answer)]
+    # fast enough to need throttling, and throttled: at most 30/s (+ first and final)
+    assert answer.n_tokens / elapsed > 100, answer.n_tokens / elapsed
+    sent = values()
+    assert len(sent) == panel.n_updates
+    assert len(sent) <= 30 * elapsed + 2, (len(sent), elapsed)
+    times = [t for t, _ in sent]
+    bursts = [b - a for a, b in zip(times, times[1:])]
+    assert min(bursts[:-1]) >= 1 / 30 - 0.002, min(bursts)  # the last gap may be the final update
+    # the final text is complete
+    assert sent[-1][1] == render_markdown(answer.text) + panel._final_html(answer)[len(render_markdown(answer.text)):]
+    assert render_markdown(answer.text) in sent[-1][1] and "▌" not in sent[-1][1]
+    assert "stopped at max_tokens (1500 tokens)" in sent[-1][1]
+    status = status_text(panel)
+    assert "1500 tokens" in status and "tokens/s" in status and "first token" in status and "finish: length" in status
+    panel.close()
+
+
+def test_stop_cancels_within_a_token(use_model):
+    panel = make_panel(max_tokens=100000, timeout=60)
+    panel.ask("Talk forever")
+    assert wait_for(lambda: panel._n_chunks > 20, timeout=20)
+    at_stop = panel._n_chunks
+    t0 = time.monotonic()
+    panel.stop_button.click()
+    answer = panel.wait(5)
+    assert time.monotonic() - t0 < 1.0
+    assert answer.finish_reason == "cancelled"
+    assert answer.n_tokens - at_stop <= 3, (answer.n_tokens, at_stop)  # a token or two in flight
+    assert "⏹ cancelled — partial answer" in panel.answer_area.value
+    assert "finish: cancelled" in status_text(panel)
+    assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
+    # the model is free again: the next ask works
+    panel.max_tokens.value = 5
+    panel.ask("Again")
+    assert panel.wait(20).finish_reason == "length"
+    assert len(panel.history) == 2
+    panel.close()
+
+
+def test_timeout_gives_a_marked_partial_answer(use_model, caplog):
+    panel = make_panel(max_tokens=100000, timeout=0.5)
+    panel.ask("Talk forever")
+    answer = panel.wait(10)
+    assert answer.finish_reason == "timeout" and answer.text and answer.n_tokens > 0
+    assert "⏱ timed out after 0.5 s — partial answer" in panel.answer_area.value
+    assert render_markdown(answer.text) in panel.answer_area.value
+    assert "finish: timeout" in status_text(panel)
+
+
+def test_loading_status_ticks_while_the_model_loads(use_model, monkeypatch):
+    from llm_magic import cache
+
+    real = cache._default_loader
+
+    def slow_loader(spec):
+        time.sleep(2.3)
+        return real(spec)
+
+    monkeypatch.setattr(cache, "_default_loader", slow_loader)
+    llm_magic.preload()
+    panel = make_panel(max_tokens=5, timeout=30)
+    status = panel.status.comm.values
+    assert "loading (0 s)" in status_text(panel)
+    # the idle panel's status ticks while the preload runs, then says ready
+    assert wait_for(lambda: "ready" in status_text(panel), timeout=10)
+    seen = [v for _, v in status() if "loading (" in v]
+    assert any("loading (1 s)" in v for v in seen) and any("loading (2 s)" in v for v in seen), seen
+    assert "— ready" in panel.model.options[0][0]  # the dropdown label follows
+    # and during an ask that has to wait for a load
+    llm_magic.unload(all=True)
+    n_before = len(status())
+    panel.ask("Hi")
+    answer = panel.wait(20)
+    assert answer.finish_reason == "length" and answer.load_wait_s > 2
+    seen = [v for _, v in status()[n_before:] if "loading (" in v]
+    assert any("loading (1 s)" in v for v in seen) and any("loading (2 s)" in v for v in seen), seen
+    panel.close()
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+def test_no_model_configured_shows_in_status(monkeypatch):
+    monkeypatch.setattr(config.default_model, "is_installed", lambda: False)
+    panel = make_panel()
+    assert panel.model.options == ()
+    assert "no model configured" in status_text(panel)
+    panel.prompt.value = "hi"
+    assert panel.ask() is None
+    assert "no model configured" in status_text(panel) and not panel.running
+    panel.close()
+
+
+def test_missing_file_failed_load_and_bad_options_show_in_status(use_model, corrupt_files):
+    bad = next(iter(corrupt_files.values()))
+    config.settings.models = {"ghost": {"path": "/nonexistent/ghost.gguf"}, "broken": {"path": str(bad)}}
+    panel = make_panel(max_tokens=5)
+    panel.prompt.value = "hi"
+    panel.model.value = "ghost"
+    panel.ask_button.click()
+    assert "model file not found: /nonexistent/ghost.gguf" in status_text(panel)
+    assert not panel.running and not panel.ask_button.disabled
+    # a file llama.cpp cannot load: the error comes from the worker and lands in the panel
+    panel.model.value = "broken"
+    panel.ask_button.click()
+    answer = panel.wait(20)
+    assert answer.finish_reason == "error" and answer.error
+    assert answer.error[:40] in status_text(panel) and "✖" in status_text(panel)
+    assert "— failed" in dict((v, l) for l, v in panel.model.options)["broken"]
+    assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
+    # bad options
+    panel.model.value = config.default_model_name()
+    panel.timeout.value = 0
+    panel.ask_button.click()
+    assert "timeout must be a positive number" in status_text(panel)
+    panel.timeout.value, panel.temperature.value = 10, -1
+    panel.ask_button.click()
+    assert "temperature must be >= 0" in status_text(panel)
+    panel.temperature.value, panel.max_tokens.value = 0, 0
+    panel.ask_button.click()
+    assert "max_tokens must be a positive integer" in status_text(panel)
+    panel.max_tokens.value, panel.prompt.value = 5, "  "
+    panel.ask_button.click()
+    assert "prompt is empty" in status_text(panel)
+    assert not panel.running
+    panel.close()
+
+
+# ---- sharing, closing -------------------------------------------------------------------------
+
+def test_two_panels_on_one_model_take_turns(use_model):
+    a, b = make_panel(max_tokens=400, timeout=60), make_panel(max_tokens=400, timeout=60)
+    got = {a: [], b: []}
+    for p in (a, b):
+        real = p._on_chunk
+        p._on_chunk = lambda stream, chunk, p=p, real=real: (got[p].append((time.monotonic(), chunk)), real(stream, chunk))
+    a.ask("Tell me a story")
+    b.ask("Tell me a story")
+    assert b.running
+    ra, rb = a.wait(30), b.wait(30)
+    assert ra.finish_reason == rb.finish_reason == "length" and ra.n_tokens == rb.n_tokens == 400
+    # greedy, same prompt, no interleaving: the same text, each exactly its own chunks
+    assert ra.text == rb.text == "".join(c for _, c in got[a]) == "".join(c for _, c in got[b])
+    # they queued on the model's lock: one finished before the other's first token
+    first, second = sorted((got[a], got[b]), key=lambda g: g[0][0])
+    assert first[-1][0] <= second[0][0]
+    assert render_markdown(ra.text) in a.answer_area.value and render_markdown(rb.text) in b.answer_area.value
+    a.close()
+    b.close()
+
+
+def test_close_while_streaming_stops_the_generation(use_model):
+    panel = make_panel(max_tokens=100000, timeout=60)
+    panel.ask("Talk forever")
+    assert wait_for(lambda: panel._n_chunks > 10, timeout=20)
+    future = panel.future
+    t0 = time.monotonic()
+    panel.close()
+    assert future.result(timeout=5).finish_reason == "cancelled"
+    assert time.monotonic() - t0 < 1.0
+    assert panel.closed and panel.comm is None and panel.answer_area.comm is None
+    assert panel.answer.finish_reason == "cancelled" and not panel.running
+    assert panel.ask("again") is None  # a closed panel does nothing
+    # the model is free for others
+    assert llm_magic.ask("hi", max_tokens=3, timeout=10).finish_reason == "length"
+
+
+def test_cleanup_models_while_streaming_stops_it(use_model):
+    panel = make_panel(max_tokens=100000, timeout=60)
+    panel.ask("Talk forever")
+    assert wait_for(lambda: panel._n_chunks > 10, timeout=20)
+    t0 = time.monotonic()
+    llm_magic.cleanup_models()
+    assert panel.wait(5).finish_reason == "cancelled"
+    assert time.monotonic() - t0 < 3.0
+    assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("llm_magic")], timeout=5), \
+        [t.name for t in threading.enumerate()]
+    # the panel still works afterwards (the model loads again)
+    panel.max_tokens.value = 3
+    panel.ask("again")
+    assert panel.wait(20).finish_reason == "length"
+    panel.close()
+
+
+# ---- untrusted output -------------------------------------------------------------------------
+
+def test_untrusted_html_is_escaped_while_streaming_and_at_the_end():
+    panel = make_panel()
+    panel.start(CraftedStream(CRAFTED, delay=0.1))
+    answer = panel.wait(5)
+    assert answer == "".join(CRAFTED)
+    sent = [v for _, v in panel.answer_area.comm.values()]
+    assert len(sent) >= 2  # an interim and the final update
+    for value in sent:
+        assert "<img" not in value and "<script" not in value and 'href="javascript' not in value
+    final = sent[-1]
+    assert "&lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;" in final
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in final
+    assert "<strong>bold</strong>" in final  # Markdown still renders
+    # status text from errors is escaped as well
+    panel._show_error("<b>bad</b>")
+    assert "<b>" not in panel.status.value and "&lt;b&gt;" in panel.status.value
+    panel.close()
+
+
+def test_render_markdown_is_safe():
+    out = render_markdown('<img src=x onerror="alert(1)"> ![i](http://tracker/x.png) [a](javascript:alert(1)) '
+                          '<a href="javascript:x">y</a>\n\n```html\n<script>x</script>\n```')
+    assert "<img" not in out and "<script" not in out and "<a href=\"javascript" not in out
+    assert "&lt;script&gt;" in out and "<code" in out
+
+
+def test_model_choices_dedupes_default_alias_and_loaded(use_model, tiny_model):
+    config.settings.models = {"t": {"path": tiny_model}}
+    config.settings.model = "t"
+    llm_magic.preload("t")
+    values = [v for _, v in model_choices()]
+    assert values == ["t"]
+    assert model_choices("/some/where.gguf")[0] == ("/some/where.gguf — missing", "/some/where.gguf")
+
+
+# ---- the notebook, in a real kernel -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_panel_notebook_runs_in_a_real_kernel(tiny_model):
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "panel.ipynb", as_version=4)
+    env_before = os.environ.get(config.ENV_MODEL)
+    os.environ[config.ENV_MODEL] = tiny_model
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop(config.ENV_MODEL, None)
+        else:
+            os.environ[config.ENV_MODEL] = env_before
+    outputs = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                        for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "error" not in [o.output_type for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[3].outputs)
+    assert "running: True" in outputs and "length: 200 tokens" in outputs
+    assert "timeout — ⏱ timed out after 0.5 s — partial answer" in outputs
