@@ -132,6 +132,7 @@ def load_ipython_extension(ipython) -> None:
 
     magics = AskMagics(shell=ipython)
     ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.cell_errors.post_run_cell)  # listen only: {Err[n]}
     cleanups = getattr(ipython, "input_transformers_cleanup", None)
     if cleanups is not None:
         cleanups[:] = [t for t in cleanups if getattr(t, "__name__", "") != "ask_line_transformer"]
@@ -156,6 +157,10 @@ def unload_ipython_extension(ipython) -> None:
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != "AskMagics"]
     magics = ipython.magics_manager.registry.get("AskMagics")
     if magics is not None:
+        try:
+            ipython.events.unregister("post_run_cell", magics.cell_errors.post_run_cell)
+        except ValueError:
+            pass
         for kind in ("line", "cell"):
             for name in ("ask", "llm"):
                 table = ipython.magics_manager.magics[kind]

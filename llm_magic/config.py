@@ -39,7 +39,12 @@ class Settings:
     n_threads: int = 0  # 0 = all physical cores
     use_mlock: bool = True
     temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.0
     seed: int = -1  # -1 = random
+    system: str = ""
+    stop: list[str] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -92,12 +97,33 @@ def default_model_name() -> str | None:
     return None
 
 
+_SPEC_TYPES = {"path": str, "n_ctx": int, "n_threads": int, "n_threads_batch": int, "n_batch": int,
+               "use_mlock": bool, "use_mmap": bool, "chat": str}
+
+
 def validate_alias(name: str, options: dict[str, Any]) -> None:
+    """Check a model spec's keys and value types; errors name the valid keys."""
     unknown = sorted(set(options) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
     if "path" not in options:
         raise ConfigError(f"model {name!r}: a spec needs a 'path'")
+    for key, value in options.items():
+        kind = _SPEC_TYPES[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"model {name!r}: {key} must be a {kind.__name__}, got {value!r}")
+        if kind is int and value < (0 if key.startswith("n_threads") else 1):
+            raise ConfigError(f"model {name!r}: {key} must be positive, got {value}")
+    if options.get("chat", "auto") not in ("auto", "completion"):
+        raise ConfigError(f"model {name!r}: chat must be 'auto' or 'completion', got {options['chat']!r}")
+
+
+def resolve_spec_path(path: str) -> str:
+    """Absolute path of a model file; ``ModelNotFound`` if it does not exist."""
+    full = str(Path(os.path.expandvars(path)).expanduser().resolve())
+    if not os.path.isfile(full):
+        raise ModelNotFound(f"model file not found: {full}")
+    return full
 
 
 def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:

@@ -44,8 +44,9 @@ class StreamDisplay:
     """Shows a growing answer. ``mode``: "notebook" (display handle) or "text" (stdout)."""
 
     def __init__(self, mode: str = "auto", header: str | None = None,
-                 max_updates_per_s: float = MAX_UPDATES_PER_S, out: TextIO | None = None):
+                 max_updates_per_s: float = MAX_UPDATES_PER_S, out: TextIO | None = None, markdown: bool = True):
         self.mode = ("notebook" if in_notebook() else "text") if mode == "auto" else mode
+        self.markdown = markdown
         self.header = header
         self.interval = 1.0 / max_updates_per_s
         self.out = out
@@ -107,5 +108,7 @@ class StreamDisplay:
             out.flush()
             return
         plain = text + (f"\n\n[{marker}]" if marker else "")
-        markdown = safe_markdown(text) + (f"\n\n---\n*{safe_markdown(marker)}*" if marker else "")
-        self._send({"text/plain": plain, "text/markdown": markdown})
+        bundle = {"text/plain": plain}
+        if self.markdown:
+            bundle["text/markdown"] = safe_markdown(text) + (f"\n\n---\n*{safe_markdown(marker)}*" if marker else "")
+        self._send(bundle)

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 from . import config
+from . import conversation as conversations
 from .cache import Entry, LoadTimeout, get_cache
 from .errors import ConfigError, LLMMagicError
 from .workers import WorkerPool
@@ -26,7 +27,7 @@ from .workers import WorkerPool
 log = logging.getLogger("llm_magic")
 
 FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "grammar")
 
 
 class Answer(str):
@@ -121,8 +122,19 @@ def validate_options(timeout: float | None, max_tokens: int | None, sampling: di
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout}")
     if max_tokens is not None and max_tokens <= 0:
         raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens}")
-    if sampling.get("temperature") is not None and sampling["temperature"] < 0:
-        raise ConfigError(f"temperature must be >= 0, got {sampling['temperature']}")
+    checks = {
+        "temperature": (lambda v: v >= 0, ">= 0"),
+        "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+        "top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "repeat_penalty": (lambda v: v > 0, "> 0"),
+        "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    }
+    for key, (ok, rule) in checks.items():
+        if sampling.get(key) is not None and not ok(sampling[key]):
+            raise ConfigError(f"{key} must be {rule}, got {sampling[key]}")
+    stop = sampling.get("stop")
+    if stop is not None and not (isinstance(stop, str) or all(isinstance(x, str) and x for x in stop)):
+        raise ConfigError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
 
 
 class Stream:
@@ -134,20 +146,29 @@ class Stream:
 
     def __init__(self, prompt: str, model: str | None = None, timeout: float | None = None,
                  max_tokens: int | None = None, raw: bool = False, system: str | None = None,
-                 on_status: Callable[[str], None] | None = None, **sampling: Any):
+                 conversation: str | None = None, on_status: Callable[[str], None] | None = None,
+                 **sampling: Any):
         self.started = time.monotonic()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError("the prompt is empty: write the question in the cell (or after %ask)")
         s = config.settings
         timeout = s.timeout if timeout is None else timeout
         max_tokens = s.max_tokens if max_tokens is None else max_tokens
-        sampling.setdefault("temperature", s.temperature)
-        if s.seed is not None and s.seed >= 0:
-            sampling.setdefault("seed", s.seed)
+        for key in ("temperature", "top_p", "top_k", "repeat_penalty"):
+            if sampling.get(key) is None:
+                sampling[key] = getattr(s, key)
+        if sampling.get("seed") is None and s.seed is not None and s.seed >= 0:
+            sampling["seed"] = s.seed
+        if not sampling.get("stop") and s.stop:
+            sampling["stop"] = list(s.stop)
+        if isinstance(sampling.get("stop"), str):
+            sampling["stop"] = [sampling["stop"]]
+        system = system if system is not None else (s.system or None)
         sampling = {k: v for k, v in sampling.items() if v is not None}
         validate_options(timeout, max_tokens, sampling)
         self.spec = config.resolve(model)
         self.prompt, self.raw, self.system = prompt, raw, system
+        self.conversation = conversation
         self.timeout, self.max_tokens, self.sampling = timeout, max_tokens, sampling
         self.deadline = self.started + timeout if timeout else None
         self.on_status = on_status
@@ -328,7 +349,11 @@ class Stream:
             model.holder = weakref.ref(self)
             times["locked"] = time.monotonic()
             self.phase = "prompt"
-            prepared = model.prepare(self.prompt, raw=self.raw, system=self.system)
+            conv = None
+            if self.conversation:
+                conv = conversations.get(self.conversation, entry.spec.key, entry.name)
+            prepared = model.prepare(self.prompt, raw=self.raw, system=self.system, conversation=conv,
+                                     max_tokens=self.max_tokens)
             times["gen_start"] = time.monotonic()
             engine = model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
                                   stats=stats, **dict(self.sampling))
@@ -343,6 +368,9 @@ class Stream:
                     yield piece
             finally:
                 engine.close()
+                if conv is not None:  # partial answers too: the user saw them
+                    conv.record(self.prompt, "".join(pieces), self._stop_reason or stats.finish_reason or "stop",
+                                prepared.turns_used, stats.context_tokens, stats.context_text, prepared.system)
         except KeyboardInterrupt:  # raised inside the engine: its state stays consistent (llama-cpp
             self.stop("cancelled")  # trims the KV cache to n_tokens before every eval)
         except GeneratorExit:

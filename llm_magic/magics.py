@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import re
@@ -10,14 +11,18 @@ import time
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, List, Unicode, observe, validate
 from traitlets import TraitError
 
 from . import config, generation
+from . import conversation as conversations
 from .cache import get_cache
+from .cell_errors import CellErrors
 from .display import StreamDisplay
 from .errors import LLMMagicError
+from .formats import FORMATS, first_code_block, parse_json_answer
+from .interpolate import interpolate as interpolate_prompt
 
 log = logging.getLogger("llm_magic")
 
@@ -25,6 +30,55 @@ log = logging.getLogger("llm_magic")
 def _user_error(exc: LLMMagicError) -> UsageError:
     return UsageError(str(exc))
 
+
+def _read_grammar(value: str) -> str:
+    """``--grammar``: a path to a .gbnf file, or the grammar itself."""
+    import os
+
+    if "::=" not in value:
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path):
+            raise UsageError(f"--grammar: no such file {value!r} (pass a .gbnf file or grammar text with '::=')")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+def _json_grammar() -> str:
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    return JSON_GBNF
+
+
+EXPLAIN_PROMPT = """This code, run in a Jupyter notebook cell, raised an error.
+
+Code:
+```python
+{source}
+```
+
+Error:
+```
+{traceback}
+```
+
+Explain the cause of the error, then show how to fix it."""
+
+
+class _AliasParser(argparse.ArgumentParser):
+    def error(self, message):  # no SystemExit inside a kernel
+        raise ValueError(message)
+
+
+ALIAS_PARSER = _AliasParser(prog="%llm alias", add_help=False,
+                            description="Add a model alias for this session.")
+ALIAS_PARSER.add_argument("name")
+ALIAS_PARSER.add_argument("path")
+ALIAS_PARSER.add_argument("--n-ctx", type=int, dest="n_ctx")
+ALIAS_PARSER.add_argument("--n-threads", type=int, dest="n_threads")
+ALIAS_PARSER.add_argument("--n-batch", type=int, dest="n_batch")
+ALIAS_PARSER.add_argument("--chat", choices=("auto", "completion"))
+ALIAS_PARSER.add_argument("--no-mlock", action="store_true", dest="no_mlock")
 
 _ASK_LINE = re.compile(r"^(\s*)%ask(\s.*)$")
 
@@ -98,21 +152,33 @@ class AskMagics(Magics):
     n_ctx = Int(4096, help="Context window (capped at the model's trained length).").tag(config=True)
     n_threads = Int(0, help="Threads for llama.cpp; 0 = all physical cores.").tag(config=True)
     use_mlock = Bool(True, help="Lock model pages in RAM (falls back to off if the OS refuses).").tag(config=True)
-    temperature = Float(0.7, help="Default sampling temperature.").tag(config=True)
+    temperature = Float(0.7, help="Default sampling temperature (0 = greedy).").tag(config=True)
+    top_p = Float(0.95, help="Default nucleus sampling threshold, in (0, 1].").tag(config=True)
+    top_k = Int(40, help="Default top-k sampling (0 = off).").tag(config=True)
+    repeat_penalty = Float(1.0, help="Default repetition penalty (1.0 = off).").tag(config=True)
     seed = Int(-1, help="Default sampling seed; -1 = random.").tag(config=True)
+    system = Unicode("", help="Default system prompt.").tag(config=True)
+    stop = List(Unicode(), help="Default stop strings.").tag(config=True)
     models = Dict(help="Aliases: {'name': {'path': ..., 'n_ctx': ..., ...}}.").tag(config=True)
+    json_grammar = Unicode("", help="GBNF grammar that constrains `-f json` answers "
+                                    "(default: llama.cpp's JSON grammar).").tag(config=True)
 
     _synced = ("model", "preload", "timeout", "max_tokens", "n_ctx", "n_threads", "use_mlock",
-               "temperature", "seed", "models")
+               "temperature", "top_p", "top_k", "repeat_penalty", "seed", "system", "stop", "models")
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         for name in self._synced:
             setattr(config.settings, name, getattr(self, name))
+        self.cell_errors = CellErrors()
+        self.session_aliases: dict[str, dict] = {}
 
     @observe(*_synced)
     def _sync(self, change):
-        setattr(config.settings, change["name"], change["new"])
+        value = change["new"]
+        if change["name"] == "models":
+            value = {**value, **self.session_aliases}
+        setattr(config.settings, change["name"], value)
 
     @validate("timeout")
     def _check_timeout(self, proposal):
@@ -124,6 +190,14 @@ class AskMagics(Magics):
     def _check_positive(self, proposal):
         if proposal["value"] <= 0:
             raise TraitError(f"AskMagics.{proposal['trait'].name} must be > 0")
+        return proposal["value"]
+
+    @validate("temperature", "top_p", "top_k", "repeat_penalty")
+    def _check_sampling(self, proposal):
+        try:
+            generation.validate_options(None, None, {proposal["trait"].name: proposal["value"]})
+        except LLMMagicError as e:
+            raise TraitError(f"AskMagics.{e}") from None
         return proposal["value"]
 
     @validate("models")
@@ -144,49 +218,93 @@ class AskMagics(Magics):
     @argument("-t", "--timeout", type=float, help="Seconds for the whole ask (load wait included); "
               "on timeout the partial answer is kept and marked.")
     @argument("-n", "--max-tokens", type=int, dest="max_tokens", help="Most tokens to generate.")
+    @argument("-f", "--format", choices=FORMATS, default="markdown",
+              help="markdown (default), text, code (first fenced block becomes the next cell, never run), "
+                   "json (parsed; -o stores the object).")
+    @argument("-o", "--output", metavar="VAR", help="Store the Answer (with -f json: the parsed object) in VAR.")
+    @argument("-c", "--conversation", metavar="NAME", help="Continue conversation NAME (kept per model).")
+    @argument("--chat", action="store_true", help="Continue the default conversation.")
+    @argument("--system", metavar="TEXT", help="System prompt for this ask.")
     @argument("--temperature", type=float, help="Sampling temperature (0 = greedy).")
+    @argument("--top-p", type=float, dest="top_p", help="Nucleus sampling threshold, in (0, 1].")
+    @argument("--top-k", type=int, dest="top_k", help="Top-k sampling (0 = off).")
+    @argument("--repeat-penalty", type=float, dest="repeat_penalty", help="Repetition penalty (1.0 = off).")
     @argument("--seed", type=int, help="Sampling seed, for repeatable answers.")
-    @argument("-o", "--output", metavar="VAR", help="Store the Answer in this variable.")
+    @argument("--stop", action="append", metavar="TEXT", help="Stop at this text (repeatable).")
+    @argument("--grammar", metavar="GBNF", help="Constrain the answer with a llama.cpp GBNF grammar "
+              "(a .gbnf file or the grammar text); -f json uses a JSON grammar by default.")
     @argument("--raw", action="store_true", help="Send the text as it is, without a chat or Q/A prompt.")
+    @argument("--no-interpolate", action="store_true", dest="no_interpolate",
+              help="Send {braces} unchanged (by default {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in).")
     @line_cell_magic
     def ask(self, line: str, cell: str | None = None):
         """Ask a language model; the answer streams into the output.
 
-        %%ask [-m MODEL] [-t TIMEOUT] [-n MAX_TOKENS] [--temperature T] [--seed S] [-o VAR] [--raw]
-        <prompt: the cell body>
+        %%ask [options]
+        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in>
 
         %ask [options] <prompt on one line>
 
         The result is an Answer (a str with finish_reason, n_tokens, ttft_s, total_s,
         tokens_per_s, ...); store it with -o VAR or get it with llm_magic.last_answer().
         """
-        parser = self.ask.parser
+        args, words = self._parse(self.ask, line)
+        prompt = "\n".join(p for p in (words, cell or "") if p.strip())
+        if not args.raw:
+            prompt = prompt.rstrip("\n")  # the cell's final newline is not part of the question
+        return self._ask(args, prompt)
+
+    def _parse(self, magic, line: str):
+        parser = magic.parser
         value_opts, flag_opts = set(), set()
         for action in parser._actions:
             (value_opts if action.nargs != 0 else flag_opts).update(action.option_strings)
         options, words = split_options(line, value_opts, flag_opts)
         try:
-            args = parse_argstring(self.ask, options)
+            args = magic.parser.parse_args(shlex.split(options))  # quotes removed: --system "Be brief."
         except UsageError:
             raise
         except Exception as e:  # argparse / shlex errors
             raise UsageError(f"%ask: {e}") from None
-        prompt = "\n".join(p for p in (words, cell or "") if p.strip())
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, got {args.output!r}")
+        if args.conversation and args.chat:
+            raise UsageError("use either -c NAME or --chat (the default conversation), not both")
+        return args, words
+
+    def _ask(self, args, prompt: str, interpolate: bool = True):
+        if interpolate and not args.no_interpolate:
+            prompt = interpolate_prompt(prompt, user_ns=self.shell.user_ns, errors=self.cell_errors.tracebacks(),
+                                        warn=log.warning)
+        grammar = _read_grammar(args.grammar) if args.grammar else None
+        if args.format == "json" and grammar is None:
+            grammar = self.json_grammar or _json_grammar()
+        conversation = args.conversation or (conversations.DEFAULT if args.chat else None)
         answer = self.run_ask(prompt, model=args.model, timeout=args.timeout, max_tokens=args.max_tokens,
-                              raw=args.raw, temperature=args.temperature, seed=args.seed)
+                              raw=args.raw, system=args.system, conversation=conversation,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop,
+                              grammar=grammar, format=args.format)
+        result = answer
+        if args.format == "code":
+            code = first_code_block(answer)
+            self.shell.set_next_input(code if code is not None else answer.text.strip(), replace=False)
+        elif args.format == "json":
+            try:
+                result = parse_json_answer(answer)
+            except LLMMagicError as e:
+                raise _user_error(e) from None
         if args.output:
-            self.shell.user_ns[args.output] = answer
+            self.shell.user_ns[args.output] = result
         return None
 
-    def run_ask(self, prompt: str, **options) -> generation.Answer:
+    def run_ask(self, prompt: str, format: str = "markdown", **options) -> generation.Answer:
         """Stream one answer into the cell output and return it."""
         try:
             stream = generation.Stream(prompt, **options)
         except LLMMagicError as e:
             raise _user_error(e) from None
-        view = StreamDisplay()
+        view = StreamDisplay(markdown=format == "markdown")
         stream.on_status = view.status
         stream.defer_log = True  # the timeout log line goes under the answer, not into it
         view.start()
@@ -205,7 +323,7 @@ class AskMagics(Magics):
 
     @line_magic
     def llm(self, line: str):
-        """Manage models: %llm status | load NAME [--wait] | unload NAME | unload --all | help"""
+        """Manage models and conversations: %llm help lists the subcommands."""
         words = line.split(maxsplit=1)
         if not words:
             raise UsageError("%llm needs a subcommand: status, load, unload, help")
@@ -218,13 +336,90 @@ class AskMagics(Magics):
         except LLMMagicError as e:
             raise _user_error(e) from None
 
+    SUBCOMMANDS = (
+        ("status", "models in the cache: state, size, load time, uses, last use, mlock, error"),
+        ("load NAME [--wait]", "start loading a model in the background (--wait: until it is ready)"),
+        ("unload NAME | --all", "close one model, or every model, and free the memory"),
+        ("alias NAME PATH [--n-ctx N ...]", "add a model alias for this session (see %llm alias --help)"),
+        ("aliases", "list the model aliases"),
+        ("explain [ask options]", "ask the model for the cause and a fix of the last error"),
+        ("history [NAME]", "show a conversation (all of them without NAME)"),
+        ("reset [NAME]", "forget a conversation (all of them without NAME)"),
+        ("panel", "an interactive ask panel (the kernel stays free while it streams)"),
+        ("help", "this list"),
+    )
+
     def _llm_help(self, rest: str) -> None:
-        print("%llm status               models in the cache: state, size, load time, uses, last use, error\n"
-              "%llm load NAME [--wait]   start loading a model in the background (--wait: until ready)\n"
-              "%llm unload NAME          close a model and free its memory\n"
-              "%llm unload --all         close every model\n"
-              "%llm panel                an interactive ask panel (the kernel stays free while it streams)\n"
-              "%llm help                 this list")
+        width = max(len(c) for c, _ in self.SUBCOMMANDS) + 6
+        print("\n".join(f"{'%llm ' + c:<{width}} {d}" for c, d in self.SUBCOMMANDS))
+
+    def _llm_explain(self, rest: str) -> None:
+        last = self.cell_errors.last()
+        if last is None:
+            raise UsageError("no error to explain yet: %llm explain looks at the last cell that raised")
+        args, words = self._parse(self.ask, rest)
+        prompt = EXPLAIN_PROMPT.format(source=last.source.strip(), traceback=last.traceback)
+        if words:
+            prompt += f"\n\n{words}"
+        self._ask(args, prompt, interpolate=False)
+
+    def _llm_reset(self, rest: str) -> None:
+        words = shlex.split(rest)
+        if len(words) > 1:
+            raise UsageError("usage: %llm reset [NAME]")
+        n = conversations.reset(words[0] if words else None)
+        what = f"conversation {words[0]!r}" if words else "all conversations"
+        print(f"forgot {what} ({n} on {n} model{'s' if n != 1 else ''})" if n else f"no {what} to forget")
+
+    def _llm_history(self, rest: str) -> None:
+        words = shlex.split(rest)
+        if len(words) > 1:
+            raise UsageError("usage: %llm history [NAME]")
+        found = conversations.find(words[0] if words else None)
+        if not found:
+            print(f"no conversation {words[0]!r} yet" if words else "no conversations yet (%%ask -c NAME or --chat)")
+            return
+        for conv in found:
+            trimmed = f", {conv.trimmed} older trimmed to fit the context" if conv.trimmed else ""
+            print(f"conversation {conv.name!r} on {conv.model_name}: {len(conv.turns)} turn"
+                  f"{'s' if len(conv.turns) != 1 else ''}{trimmed}")
+            if conv.system:
+                print(f"  system: {conv.system}")
+            for i, turn in enumerate(conv.turns, 1):
+                mark = "" if turn.finish_reason in ("stop", "length") else f" [{turn.finish_reason}]"
+                print(f"  [{i}] user: {turn.user.strip()}")
+                print(f"      assistant{mark}: {turn.answer.strip()}")
+
+    def _llm_alias(self, rest: str) -> None:
+        try:
+            args = ALIAS_PARSER.parse_args(shlex.split(rest))
+        except ValueError as e:
+            raise UsageError(f"%llm alias: {e}") from None
+        spec = {"path": args.path}
+        for key in ("n_ctx", "n_threads", "n_batch", "chat"):
+            if getattr(args, key) is not None:
+                spec[key] = getattr(args, key)
+        if args.no_mlock:
+            spec["use_mlock"] = False
+        try:
+            config.validate_alias(args.name, spec)
+            config.resolve_spec_path(spec["path"])
+        except LLMMagicError as e:
+            raise UsageError(str(e)) from None
+        self.session_aliases[args.name] = spec
+        config.settings.models = {**self.models, **self.session_aliases}
+        print(f"alias {args.name} -> {spec['path']}" + "".join(f" {k}={v}" for k, v in spec.items() if k != "path"))
+
+    def _llm_aliases(self, rest: str) -> None:
+        aliases = config.settings.models
+        if not aliases:
+            print("no aliases (set AskMagics.models, or %llm alias NAME PATH)")
+            return
+        width = max(len(n) for n in aliases)
+        for name, spec in sorted(aliases.items()):
+            source = "session" if name in self.session_aliases else "config"
+            options = " ".join(f"{k}={v}" for k, v in spec.items() if k != "path")
+            print(f"{name:<{width}}  {spec.get('path')}  {options}  ({source})".rstrip())
 
     def _llm_status(self, rest: str) -> None:
         from . import status_table

@@ -111,10 +111,10 @@ def llm_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("llm_magic")]
 
 
-def run(ip, cell: str):
+def run(ip, cell: str, store_history: bool = False):
     """Run a cell in the shell, capturing stdout; returns (result, stdout)."""
     from IPython.utils.capture import capture_output
 
     with capture_output() as captured:
-        result = ip.run_cell(cell)
+        result = ip.run_cell(cell, store_history=store_history)
     return result, captured.stdout + captured.stderr

@@ -68,11 +68,11 @@ def test_concurrent_loads_share_one_load(tiny_model, llama_constructions, monkey
 
 
 def test_timeout_gives_partial_answer_and_model_stays_usable(tiny_model, caplog):
-    a = llm_magic.ask("Tell me a long story", model=tiny_model, max_tokens=100_000, timeout=0.3, temperature=0)
-    assert a.finish_reason == "timeout"
+    a = llm_magic.ask("Tell me a long story", model=tiny_model, max_tokens=100_000, timeout=1.0, temperature=0)
+    assert a.finish_reason == "timeout", a.timings()
     assert a.n_tokens > 0 and len(a) > 0
-    assert 0.25 < a.total_s < 2.5
-    assert "timed out after 0.3 s — partial answer" in a.marker()
+    assert 0.9 < a.total_s < 5
+    assert "timed out after 1 s — partial answer" in a.marker()
     assert any("timed out" in r.message and "generation" in r.message for r in caplog.records)
     b = llm_magic.ask("again", model=tiny_model, max_tokens=10)
     assert b.finish_reason == "length" and b.n_tokens == 10

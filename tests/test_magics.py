@@ -50,11 +50,11 @@ def test_second_ask_builds_no_second_llama(ip, llama_constructions, use_model):
 
 
 def test_timeout_marks_partial_answer(ip, caplog):
-    result, out = run(ip, "%%ask -t 0.3 -n 100000 --temperature 0 -o a\nTell me everything")
+    result, out = run(ip, "%%ask -t 1 -n 100000 --temperature 0 -o a\nTell me everything")
     assert result.success, out
     a = ip.user_ns["a"]
     assert a.finish_reason == "timeout" and a.n_tokens > 0
-    assert "timed out after 0.3 s — partial answer" in out
+    assert "timed out after 1 s — partial answer" in out
     assert any("timed out" in r.getMessage() for r in caplog.records)
     result, out = run(ip, "%%ask -n 5 -o b\nnext")
     assert result.success and ip.user_ns["b"].n_tokens == 5
@@ -151,7 +151,8 @@ def test_help(ip):
     result, out = run(ip, "%%ask?\n")
     assert "--timeout" in out or "-t TIMEOUT" in out
     result, out = run(ip, "%llm help")
-    assert "status" in out and "unload --all" in out
+    for sub in ("status", "load", "unload", "--all", "alias", "aliases", "explain", "history", "reset", "panel", "help"):
+        assert f"{sub}" in out
 
 
 @pytest.mark.parametrize("cell, message", [

@@ -114,6 +114,9 @@ class Prepared:
     tokens: list[int]
     stop: list[str]
     mode: str  # "chat", "completion" or "raw"
+    text: str = ""  # the prompt text the tokens stand for
+    turns_used: int = 0  # earlier conversation turns kept in the prompt
+    system: str | None = None
 
 
 @dataclass
@@ -125,6 +128,8 @@ class StreamStats:
     n_tokens: int = 0
     finish_reason: str | None = None
     first_sample_at: float | None = None  # monotonic time the first token was sampled
+    context_tokens: list[int] | None = None  # prompt + generated tokens in the KV cache afterwards
+    context_text: str | None = None
 
 
 @dataclass
@@ -194,42 +199,68 @@ class LocalModel:
     # ---- prompting -----------------------------------------------------------------------
 
     def prepare(self, prompt: str, *, raw: bool = False, system: str | None = None,
-                max_tokens: int = 0) -> Prepared:
-        """Tokenize the request the way this model expects it."""
+                conversation: Any = None, max_tokens: int = 0) -> Prepared:
+        """Tokenize the request the way this model expects it.
+
+        With a ``conversation``, earlier turns come first; the prompt continues the exact tokens
+        of the previous context when its text does (so llama.cpp reuses the KV cache), and the
+        oldest turns are dropped until prompt + ``max_tokens`` fits the context window.
+        """
         if self.closed:
             raise RuntimeError(f"{self.spec.display_name} was unloaded")
         llm = self.llm
-        stop: list[str] = []
+        if conversation is not None and system is None:
+            system = conversation.system
         if raw:
-            mode, text, add_bos = "raw", prompt, True
+            mode = "raw"
         elif self.chat_template and self.spec.chat != "completion":
             mode = "chat"
-            text, stop, add_bos = self._render_chat(prompt, system)
         else:
             mode = "completion"
-            body = QA_TEMPLATE.format(prompt=prompt.strip())
-            text = f"{system.strip()}\n\n{body}" if system else body
-            stop = list(QA_STOP)
-            add_bos = True
-        add_bos = add_bos and llm._model.add_bos_token()
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=mode != "raw")
+        turns = list(conversation.turns) if conversation is not None else []
+        special = mode != "raw"
+        while True:
+            text, stop, add_bos = self._render(mode, turns, prompt, system)
+            tokens = None
+            if (conversation is not None and conversation.ctx_tokens and len(turns) == len(conversation.turns)
+                    and text.startswith(conversation.ctx_text)):
+                rest = text[len(conversation.ctx_text):]
+                tokens = list(conversation.ctx_tokens) + (
+                    llm.tokenize(rest.encode("utf-8"), add_bos=False, special=special) if rest else [])
+            if tokens is None:
+                add_bos = add_bos and llm._model.add_bos_token()
+                tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+            if turns and len(tokens) + max(max_tokens, 1) >= self.n_ctx:
+                turns = turns[1:]  # trim the oldest turn and build again
+                continue
+            break
         if len(tokens) + 1 >= self.n_ctx:
             raise PromptTooLong(
                 f"the prompt is {len(tokens)} tokens but the context window of "
                 f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
             )
-        return Prepared(tokens=tokens, stop=stop, mode=mode)
+        return Prepared(tokens=tokens, stop=stop, mode=mode, text=text, turns_used=len(turns), system=system)
 
-    def _render_chat(self, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
+    def _render(self, mode: str, turns: list, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
+        if mode == "raw":
+            return "".join(t.user + t.answer for t in turns) + prompt, [], True
+        if mode == "chat":
+            return self._render_chat(turns, prompt, system)
+        head = f"{system.strip()}\n\n" if system else ""
+        history = "".join(f"{QA_TEMPLATE.format(prompt=t.user.strip())}{t.answer}\n" for t in turns)
+        return head + history + QA_TEMPLATE.format(prompt=prompt.strip()), list(QA_STOP), True
+
+    def _render_chat(self, turns: list, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         llm = self.llm
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
         eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
         bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
+        messages = [{"role": "system", "content": system}] if system else []
+        for t in turns:
+            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
+        messages.append({"role": "user", "content": prompt})
         formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=eos, bos_token=bos)
         result = formatter(messages=messages)
         stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
@@ -258,7 +289,10 @@ class LocalModel:
         extra_stop = sampling.pop("stop", None) or []
         stops = [s for s in list(prepared.stop) + ([extra_stop] if isinstance(extra_stop, str) else list(extra_stop)) if s]
         seed = sampling.pop("seed", None)
+        grammar = sampling.pop("grammar", None)
         kwargs = {k: v for k, v in sampling.items() if v is not None}
+        if grammar is not None:
+            kwargs["grammar"] = self._grammar(grammar)
 
         if not self._evaluate_prompt(tokens, reuse, should_stop):
             return  # stopped during a long prompt
@@ -311,11 +345,42 @@ class LocalModel:
                 yield text[emitted:]
         finally:
             completion.close()
+        self._record_context(tokens, prepared.text, stats)
         accepted = seen["accepted"]
         if engine_finish == "stop" and not hit:
             accepted -= 1  # the end-of-generation token is sampled but is not part of the answer
         stats.n_tokens = max(0, accepted)
         stats.finish_reason = "stop" if hit else engine_finish
+
+    def _grammar(self, grammar: Any) -> Any:
+        """A ``LlamaGrammar`` for GBNF text, checked first: llama-cpp-python hands llama.cpp's NULL
+        for a grammar that does not parse straight to the sampler chain, which then segfaults."""
+        if not isinstance(grammar, str):
+            return grammar
+        lc = llama_cpp()
+        _local.lines = deque(maxlen=50)
+        try:
+            sampler = lc.llama_sampler_init_grammar(self.llm._model.vocab, grammar.encode("utf-8"), b"root")
+            lines = list(_local.lines)
+        finally:
+            _local.lines = None
+        if not sampler:
+            from ..errors import ConfigError
+
+            reason = next((ln.strip() for ln in reversed(lines) if ln.strip()), "it does not parse")
+            raise ConfigError(f"invalid GBNF grammar: {reason}")
+        lc.llama_sampler_free(sampler)
+        return lc.LlamaGrammar.from_string(grammar, verbose=False)
+
+    def _record_context(self, tokens: list[int], text: str, stats: StreamStats) -> None:
+        """What the KV cache holds now (prompt + evaluated generated tokens), for a conversation."""
+        llm = self.llm
+        n = llm.n_tokens
+        if n < len(tokens) or list(llm._input_ids[:len(tokens)]) != list(tokens):
+            return
+        generated = [int(t) for t in llm._input_ids[len(tokens):n]]
+        stats.context_tokens = list(tokens) + generated
+        stats.context_text = text + llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", errors="ignore")
 
     def _evaluate_prompt(self, tokens: list[int], reuse: int, should_stop: Callable[[], bool]) -> bool:
         """Evaluate a long prompt batch by batch so a deadline or Stop can act between batches.
