@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_conversation  # noqa: E402
 import bench_core  # noqa: E402
 from common import machine, update_readme, write_results  # noqa: E402
 
@@ -36,6 +37,10 @@ def main() -> int:
     table = header + table
     write_results("core", data, table)
     update_readme("core", table)
+    print(table)
+    data, table = bench_conversation.run(model, reps=reps)
+    write_results("conversation", data, table)
+    update_readme("conversation", table)
     print(table)
     return 0
 
