@@ -169,10 +169,17 @@ def test_format_json_uses_the_json_grammar_by_default(ip):
 # ---- conversations ------------------------------------------------------------------------------
 
 def test_conversation_follow_up_evaluates_only_new_tokens(ip):
+    import llama_cpp
+
     run(ip, "%%ask -c trip -n 30 --temperature 0 -o t1\nWe plan a trip to Paris in May.")
     t1 = ip.user_ns["t1"]
+    ctx = get_cache().entries()[0].model.llm._ctx.ctx
+    llama_cpp.llama_perf_context_reset(ctx)
     run(ip, "%%ask -c trip -n 30 --temperature 0 -o t2\nWhat should we pack?")
     t2 = ip.user_ns["t2"]
+    perf = llama_cpp.llama_perf_context(ctx)  # llama.cpp's own counters for turn 2
+    assert perf.n_p_eval == t2.n_prompt_evaluated  # prompt tokens llama.cpp evaluated in batches
+    assert perf.n_p_eval < 25 < t2.n_prompt_tokens  # the new turn only, not the history
     assert t2.n_prompt_tokens > t1.n_prompt_tokens + t1.n_tokens - 2
     new_tokens = t2.n_prompt_tokens - (t1.n_prompt_tokens + t1.n_tokens - 1)
     assert t2.n_prompt_evaluated <= new_tokens + 2  # about the new turn only
