@@ -8,6 +8,7 @@ import platform
 import re
 import statistics
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -75,3 +76,121 @@ def update_readme(name: str, table: str) -> None:
         return
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     README.write_text(pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
+
+
+# ---- shared by the new rows ----------------------------------------------------------------------
+
+def ok(met: bool) -> str:
+    return "✅ met" if met else "❌ missed"
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> float:
+    """Ratio of two medians (nan when either side is missing)."""
+    if not a.get("n") or not b.get("n") or not b["median"]:
+        return float("nan")
+    return a["median"] / b["median"]
+
+
+def md_table(header: list[str], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def interleaved(reps: int, *sides):
+    """Yield (rep, side) in A B C, C B A, A B C … order: no side always gets the first/warm slot."""
+    for i in range(reps):
+        for side in (sides if i % 2 == 0 else tuple(reversed(sides))):
+            yield i, side
+
+
+def threads_for(model: str) -> int:
+    """The threads llm_magic uses for this model by default (all physical cores)."""
+    from llm_magic.config import physical_cores
+
+    return physical_cores()
+
+
+def machine_line(model: str) -> str:
+    m = machine()
+    return (f"Machine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
+            f"Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}. Model: `{Path(model).name}`; "
+            f"{threads_for(model)} threads.")
+
+
+class Kernel:
+    """A real IPython kernel (ipykernel via jupyter_client) driven as a front end would.
+
+    ``execute`` returns the reply, every iopub message of the request with the client's receive time,
+    and the client-side send/reply times; ``value`` runs code whose last stdout line is JSON."""
+
+    def __init__(self, env: dict[str, str] | None = None, startup_timeout: float = 60):
+        from jupyter_client import KernelManager
+
+        self.km = KernelManager(kernel_name="python3", transport="ipc")  # unix sockets: no TCP warning
+        # the kernel runs on this interpreter (the venv), whatever kernelspecs are installed
+        self.km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        kenv = dict(os.environ)
+        kenv.pop("LLM_MAGIC_MODEL", None)
+        kenv.update(env or {})
+        t0 = time.perf_counter()
+        self.km.start_kernel(env=kenv, cwd=str(ROOT))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=startup_timeout)
+        self.startup_s = time.perf_counter() - t0
+
+    def execute(self, code: str, timeout: float = 300) -> dict[str, Any]:
+        kc = self.kc
+        while True:  # drop leftovers of earlier requests
+            try:
+                kc.get_iopub_msg(timeout=0.01)
+            except Exception:
+                break
+        t_sent = time.perf_counter()
+        msg_id = kc.execute(code, store_history=False)
+        msgs: list[tuple[float, str, dict]] = []
+        deadline = t_sent + timeout
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError(f"kernel did not finish in {timeout} s: {code[:80]!r}")
+            msg = kc.get_iopub_msg(timeout=left)
+            now = time.perf_counter()
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            msgs.append((now, msg["msg_type"], msg["content"]))
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.perf_counter()))
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.perf_counter()))
+        t_idle = msgs[-1][0]
+        if reply["content"]["status"] != "ok":
+            c = reply["content"]
+            raise RuntimeError(f"kernel error {c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", []))[-2000:])
+        return {"reply": reply["content"], "msgs": msgs, "t_sent": t_sent, "t_idle": t_idle}
+
+    def value(self, code: str, timeout: float = 300) -> Any:
+        result = self.execute(code, timeout)
+        out = "".join(c.get("text", "") for _, t, c in result["msgs"] if t == "stream" and c.get("name") == "stdout")
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        if not lines:
+            raise RuntimeError(f"no output from {code[:80]!r}")
+        return json.loads(lines[-1])
+
+    def close(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            self.km.shutdown_kernel(now=True)
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rss_note() -> str:
+    return "RSS from /proc/self/status (VmRSS = RssAnon + RssFile); PSS from /proc/self/smaps_rollup."
