@@ -104,10 +104,12 @@ def status_table() -> str:
     rows = models()
     if not rows:
         return "no models loaded or configured (see %llm help)"
-    header = ("model", "state", "size", "load s", "uses", "last used", "mlock", "error")
+    header = ("model", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
     lines = []
     for r in rows:
         state = r["state"]
+        if r.get("note") and state == "unloaded" and "evicted" in r["note"]:
+            state = "unloaded (evicted)"
         if state == "loading":
             entry = next((e for e in _cache.get_cache().entries() if e.spec.path == r["path"]), None)
             if entry is not None:
@@ -118,7 +120,7 @@ def status_table() -> str:
             str(r["uses"]),
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
             r.get("mlock") or "-",
-            (r["error"] or "")[:200],
+            (r["error"] or r.get("note") or "")[:200],
         ))
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)

@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import config
 from .config import ModelSpec
 from .errors import CacheClosed, LLMMagicError, ModelLoadError
 from .workers import WorkerPool
@@ -32,10 +33,46 @@ class LoadTimeout(LLMMagicError, TimeoutError):
     """The deadline passed while the model was still loading (the load goes on in the background)."""
 
 
+_loading = threading.local()  # the abort event of the load running on this thread
+
+
 def _default_loader(spec: ModelSpec):
     from .engines import llama
 
-    return llama.load(spec)
+    return llama.load(spec, abort=getattr(_loading, "abort", None))
+
+
+def _file_id(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def budget_bytes(value: Any) -> int:
+    """``memory_budget``: bytes (int), "8GB"/"512MB", or "50%" of physical RAM; 0/""/None = none."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip().upper().replace(" ", "")
+    if text.endswith("%"):
+        import psutil
+
+        return int(psutil.virtual_memory().total * float(text[:-1]) / 100)
+    for unit, factor in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(float(text))
+
+
+def keep_alive_seconds(value: Any) -> float | None:
+    """``keep_alive``: seconds, or "forever"/None/negative for never."""
+    if value in (None, "") or (isinstance(value, str) and value.strip().lower() == "forever"):
+        return None
+    seconds = float(value)
+    return None if seconds < 0 else seconds
 
 
 @dataclass
@@ -53,6 +90,10 @@ class Entry:
     error_reported: bool = True
     active: int = 0  # generations running or queued on this model
     users: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # running requests (stop(), abandon())
+    abort: threading.Event = field(default_factory=threading.Event)  # set: a running load gives up
+    file_id: tuple | None = None  # (size, mtime_ns, inode) of the file when it was loaded
+    idle_since: float = 0.0  # time.monotonic() when it last became idle (for keep_alive and LRU)
+    note: str | None = None  # e.g. "evicted (LRU) at 12:01:02" or "reloaded: the file changed"
 
     @property
     def name(self) -> str:
@@ -71,6 +112,7 @@ class Entry:
             "uses": self.uses,
             "last_used": self.last_used,
             "error": self.error,
+            "note": self.note,
             "mlock": getattr(self.model, "mlock", None),
             "n_ctx": getattr(self.model, "n_ctx", None),
             "n_threads": self.spec.n_threads,
@@ -85,6 +127,9 @@ class ModelCache:
         self._pool = WorkerPool("llm_magic-load", max_workers)
         self.closed = False
         self.constructions = 0  # models built by this cache (a hit builds none)
+        self._stop_watch = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_keep_alive, name="llm_magic-keepalive", daemon=True)
+        self._watcher.start()
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -120,18 +165,85 @@ class ModelCache:
             entry.state, entry.error, entry.model, entry.load_s = LOADING, None, None, None
             entry.error_reported = False
             entry.load_started = time.monotonic()
+            entry.abort = threading.Event()
             try:
                 entry.size_bytes = os.path.getsize(spec.path)
             except OSError:
                 entry.size_bytes = 0
+            victims = self._make_room(entry)
             entry.future = self._pool.submit(self._load, entry)
-            return entry
+        for victim, reason in victims:
+            self._evict(victim, reason)
+        return entry
+
+    # ---- memory budget, LRU eviction, keep_alive ----------------------------------------------
+
+    def _resident(self) -> list[Entry]:
+        return [e for e in self._entries.values() if e.state in (LOADING, READY)]
+
+    def _make_room(self, incoming: Entry) -> list[tuple[Entry, str]]:
+        """Pick least recently used idle models to evict so that ``incoming`` fits the limits.
+
+        A model that is generating or has a request queued (``active``) is never picked; if only
+        such models remain, the load goes ahead over the limit (and says so) rather than fail."""
+        max_models = config.settings.max_loaded_models
+        budget = budget_bytes(config.settings.memory_budget)
+        resident = [e for e in self._resident() if e is not incoming]
+        idle = sorted((e for e in resident if e.state == READY and e.active == 0), key=lambda e: e.idle_since)
+        victims: list[tuple[Entry, str]] = []
+
+        def over() -> str | None:
+            kept = [e for e in resident if all(e is not v for v, _ in victims)]
+            if max_models and len(kept) + 1 > max_models:
+                return f"max_loaded_models={max_models}"
+            if budget and sum(e.size_bytes for e in kept) + incoming.size_bytes > budget:
+                return f"memory_budget={budget} bytes"
+            return None
+
+        while (reason := over()) is not None and idle:
+            victims.append((idle.pop(0), reason))
+        if reason is not None:
+            log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, reason)
+        for victim, _ in victims:
+            victim.state = UNLOADED  # claimed under the lock: nobody starts a new use of it now
+        return victims
+
+    def _evict(self, entry: Entry, reason: str) -> None:
+        model, entry.model = entry.model, None
+        entry.note = f"evicted ({reason}) at {time.strftime('%H:%M:%S')}"
+        log.warning("llm_magic: evicted %s, idle since %.0f s (%s); it reloads when needed",
+                    entry.name, time.monotonic() - entry.idle_since, reason)
+        if model is not None:
+            with model.lock:  # idle: free at once (a late waiter sees model.closed and reloads)
+                model.close()
+
+    def expire_idle(self, keep_alive: float) -> int:
+        """Unload models idle for longer than ``keep_alive`` seconds (Ollama's keep_alive)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [e for e in self._entries.values()
+                       if e.state == READY and e.active == 0 and now - e.idle_since >= keep_alive]
+            for e in expired:
+                e.state = UNLOADED
+        for e in expired:
+            self._evict(e, f"keep_alive={keep_alive:g} s")
+        return len(expired)
+
+    def _watch_keep_alive(self) -> None:
+        while not self.closed:
+            keep = keep_alive_seconds(config.settings.keep_alive)
+            period = 5.0 if keep is None else max(0.05, min(keep / 4, 5.0))
+            if self._stop_watch.wait(period):
+                return
+            if keep is not None:
+                self.expire_idle(keep)
 
     def _load(self, entry: Entry) -> Any:
         started = time.monotonic()
-        loader = self._loader or _default_loader
         try:
-            model = loader(entry.spec)
+            file_id = _file_id(entry.spec.path)
+            _loading.abort = entry.abort
+            model = (self._loader or _default_loader)(entry.spec)
         except BaseException as exc:
             with self._lock:
                 entry.state = FAILED
@@ -149,6 +261,8 @@ class ModelCache:
                 raise CacheClosed(f"{entry.name} was unloaded while it loaded")
             entry.model = model
             entry.state = READY
+            entry.file_id = file_id
+            entry.idle_since = time.monotonic()
             entry.load_s = time.monotonic() - started
             try:
                 entry.size_bytes = os.path.getsize(entry.spec.path)
@@ -164,11 +278,20 @@ class ModelCache:
         ``ModelLoadError`` if the load failed. A failure from a *background* load is raised once;
         the next call retries the load.
         """
+        changed = None
         with self._lock:
             entry = self._entries.get(spec.key)
             if entry is not None and entry.state == FAILED and not entry.error_reported:
                 entry.error_reported = True
                 raise ModelLoadError(entry.error)
+            if (entry is not None and entry.state == READY and entry.file_id is not None
+                    and _file_id(spec.path) != entry.file_id):
+                changed, entry.state = entry, UNLOADED  # replaced on disk: reload before using it
+        if changed is not None:
+            log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", changed.name)
+            self._retire(changed)
+            changed.note = f"reloaded at {time.strftime('%H:%M:%S')}: the file changed on disk"
+        with self._lock:
             entry = self.load(spec)
             future = entry.future
         if entry.state == READY:
@@ -208,6 +331,8 @@ class ModelCache:
             if used:
                 entry.uses += 1
                 entry.last_used = time.time()
+            if entry.active == 0:
+                entry.idle_since = time.monotonic()
 
     # ---- unloading -------------------------------------------------------------------------
 
@@ -217,13 +342,23 @@ class ModelCache:
             users = list(entry.users)
             model = entry.model
             if entry.state == LOADING:
-                entry.state = UNLOADED  # the loader closes the model when it finishes
+                entry.state = UNLOADED  # the load is aborted (or the loader closes what it built)
+                entry.abort.set()
                 if self._entries.get(entry.spec.key) is entry:
                     del self._entries[entry.spec.key]
                 return True
             entry.state = UNLOADED
             entry.model = None
             self._entries.pop(entry.spec.key, None)
+        return self._close_model(entry, model, users, timeout)
+
+    def _retire(self, entry: Entry, timeout: float = 10.0) -> bool:
+        """Close an entry's model but keep the entry (for its status line and a reload)."""
+        with self._lock:
+            users, model, entry.model = list(entry.users), entry.model, None
+        return self._close_model(entry, model, users, timeout)
+
+    def _close_model(self, entry: Entry, model: Any, users: list, timeout: float) -> bool:
         _stop_users(users)
         if model is None:
             return True
@@ -246,13 +381,17 @@ class ModelCache:
             self.closed = True
             entries = list(self._entries.values())
         deadline = time.monotonic() + timeout
+        self._stop_watch.set()
+        for entry in entries:
+            entry.abort.set()  # loads in progress give up at their next progress callback
         _stop_users([u for e in entries for u in e.users])
         for entry in entries:
             self.unload(entry, timeout=max(0.05, deadline - time.monotonic()))
         self._pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
+        self._watcher.join(0.5)
 
     def threads(self) -> list[threading.Thread]:
-        return self._pool.threads()
+        return self._pool.threads() + ([self._watcher] if self._watcher.is_alive() else [])
 
 
 def _stop_users(users: list) -> None:

@@ -45,6 +45,9 @@ class Settings:
     seed: int = -1  # -1 = random
     system: str = ""
     stop: list[str] = field(default_factory=list)
+    max_loaded_models: int = 0  # 0 = no limit
+    memory_budget: Any = 0  # bytes, "8GB", "50%"; 0 = no limit
+    keep_alive: Any = "forever"  # seconds, or "forever"
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

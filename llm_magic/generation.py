@@ -147,7 +147,7 @@ class Stream:
     def __init__(self, prompt: str, model: str | None = None, timeout: float | None = None,
                  max_tokens: int | None = None, raw: bool = False, system: str | None = None,
                  conversation: str | None = None, on_status: Callable[[str], None] | None = None,
-                 **sampling: Any):
+                 cancel_if: Callable[[], bool] | None = None, **sampling: Any):
         self.started = time.monotonic()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError("the prompt is empty: write the question in the cell (or after %ask)")
@@ -172,6 +172,7 @@ class Stream:
         self.timeout, self.max_tokens, self.sampling = timeout, max_tokens, sampling
         self.deadline = self.started + timeout if timeout else None
         self.on_status = on_status
+        self.cancel_if = cancel_if  # polled with the deadline: True cancels (e.g. a kernel shutdown)
         self.answer: Answer | None = None
         self.entry: Entry | None = None
         self._stop_reason: str | None = None
@@ -248,6 +249,9 @@ class Stream:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop("timeout")
             return True
+        if self.cancel_if is not None and self.cancel_if():
+            self.stop("cancelled")
+            return True
         return False
 
     def _remaining(self) -> float | None:
@@ -296,7 +300,7 @@ class Stream:
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
                 raise LoadTimeout("deadline passed while loading")
-            if self._stop_event.is_set():
+            if self._should_stop():
                 return None
             slice_end = time.monotonic() + (0.1 if remaining is None else min(0.1, remaining))
             try:

@@ -99,6 +99,8 @@ def read_header(path: str | os.PathLike, *, full: bool = False,
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         magic = f.read(4)
+        if size == 0:
+            raise GGUFError("the file is empty (0 bytes)")
         if magic != GGUF_MAGIC:
             shown = magic[:4]
             raise GGUFError(

@@ -12,12 +12,12 @@ import time
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Float, Int, List, Unicode, observe, validate
+from traitlets import Bool, Dict, Float, Int, List, Unicode, Union, observe, validate
 from traitlets import TraitError
 
 from . import config, generation
 from . import conversation as conversations
-from .cache import get_cache
+from .cache import budget_bytes, get_cache, keep_alive_seconds
 from .cell_errors import CellErrors
 from .display import StreamDisplay
 from .errors import LLMMagicError
@@ -160,11 +160,19 @@ class AskMagics(Magics):
     system = Unicode("", help="Default system prompt.").tag(config=True)
     stop = List(Unicode(), help="Default stop strings.").tag(config=True)
     models = Dict(help="Aliases: {'name': {'path': ..., 'n_ctx': ..., ...}}.").tag(config=True)
+    max_loaded_models = Int(0, help="Most models loaded at once (0 = no limit); loading one more evicts "
+                                    "the least recently used idle model.").tag(config=True)
+    memory_budget = Union([Int(), Unicode()], default_value=0,
+                          help="Most bytes of model files loaded at once: bytes, '8GB', or '50%' of RAM "
+                               "(0 = no limit). Least recently used idle models are evicted.").tag(config=True)
+    keep_alive = Union([Float(), Unicode()], default_value="forever",
+                       help="Unload a model idle for this many seconds ('forever' = never).").tag(config=True)
     json_grammar = Unicode("", help="GBNF grammar that constrains `-f json` answers "
                                     "(default: llama.cpp's JSON grammar).").tag(config=True)
 
     _synced = ("model", "preload", "timeout", "max_tokens", "n_ctx", "n_threads", "use_mlock",
-               "temperature", "top_p", "top_k", "repeat_penalty", "seed", "system", "stop", "models")
+               "temperature", "top_p", "top_k", "repeat_penalty", "seed", "system", "stop", "models",
+               "max_loaded_models", "memory_budget", "keep_alive")
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -198,6 +206,29 @@ class AskMagics(Magics):
             generation.validate_options(None, None, {proposal["trait"].name: proposal["value"]})
         except LLMMagicError as e:
             raise TraitError(f"AskMagics.{e}") from None
+        return proposal["value"]
+
+    @validate("max_loaded_models")
+    def _check_max_models(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError("AskMagics.max_loaded_models must be >= 0 (0 = no limit)")
+        return proposal["value"]
+
+    @validate("memory_budget")
+    def _check_budget(self, proposal):
+        try:
+            if budget_bytes(proposal["value"]) < 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise TraitError(f"AskMagics.memory_budget must be bytes, '8GB' or '50%', got {proposal['value']!r}") from None
+        return proposal["value"]
+
+    @validate("keep_alive")
+    def _check_keep_alive(self, proposal):
+        try:
+            keep_alive_seconds(proposal["value"])
+        except (ValueError, TypeError):
+            raise TraitError(f"AskMagics.keep_alive must be seconds or 'forever', got {proposal['value']!r}") from None
         return proposal["value"]
 
     @validate("models")
@@ -301,7 +332,9 @@ class AskMagics(Magics):
     def run_ask(self, prompt: str, format: str = "markdown", **options) -> generation.Answer:
         """Stream one answer into the cell output and return it."""
         try:
-            stream = generation.Stream(prompt, **options)
+            # a kernel shutdown or restart request (handled on ipykernel's control thread) sets
+            # shell.exit_now: stop at the next token so the kernel exits at once
+            stream = generation.Stream(prompt, cancel_if=lambda: getattr(self.shell, "exit_now", False), **options)
         except LLMMagicError as e:
             raise _user_error(e) from None
         view = StreamDisplay(markdown=format == "markdown")

@@ -270,6 +270,7 @@ class AskPanel(widgets.VBox):
                 self.ask_button.disabled = True
                 self.stop_button.disabled = False
             self._push(force=True)
+            self._next_send = 0.0  # that cleared the last answer: the first token goes out at once
         try:
             self._future = generation.run_in_background(
                 stream, on_chunk=lambda chunk: self._on_chunk(stream, chunk),
@@ -409,15 +410,18 @@ class AskPanel(widgets.VBox):
             body = self.answer_area.value
         render_s = time.perf_counter() - t0
         with self.answer_area.hold_sync(), self.status.hold_sync():
-            self._set_answer_html(body)
+            sent = self._set_answer_html(body)
             self._set_status(self._status_text(final))
-        # long answers get expensive to render and ship: keep that under ~1/5 of the time
-        self._next_send = now + max(1.0 / self.MAX_UPDATES_PER_S, 5 * render_s)
+        if sent:  # status-only pushes (loading, waiting) are bounded by the tick rate instead
+            # long answers get expensive to render and ship: keep that under ~1/5 of the time
+            self._next_send = now + max(1.0 / self.MAX_UPDATES_PER_S, 5 * render_s)
 
-    def _set_answer_html(self, body: str) -> None:
-        if body != self.answer_area.value:
-            self.answer_area.value = body
-            self.n_updates += 1
+    def _set_answer_html(self, body: str) -> bool:
+        if body == self.answer_area.value:
+            return False
+        self.answer_area.value = body
+        self.n_updates += 1
+        return True
 
     def _set_status(self, text: str) -> None:
         if text != self.status.value:

@@ -68,11 +68,11 @@ def test_concurrent_loads_share_one_load(tiny_model, llama_constructions, monkey
 
 
 def test_timeout_gives_partial_answer_and_model_stays_usable(tiny_model, caplog):
-    a = llm_magic.ask("Tell me a long story", model=tiny_model, max_tokens=100_000, timeout=1.0, temperature=0)
+    a = llm_magic.ask("Tell me a long story", model=tiny_model, max_tokens=100_000, timeout=3.0, temperature=0)
     assert a.finish_reason == "timeout", a.timings()
     assert a.n_tokens > 0 and len(a) > 0
-    assert 0.9 < a.total_s < 5
-    assert "timed out after 1 s — partial answer" in a.marker()
+    assert 2.9 < a.total_s < 8
+    assert "timed out after 3 s — partial answer" in a.marker()
     assert any("timed out" in r.message and "generation" in r.message for r in caplog.records)
     b = llm_magic.ask("again", model=tiny_model, max_tokens=10)
     assert b.finish_reason == "length" and b.n_tokens == 10
@@ -313,16 +313,16 @@ def test_unload_while_another_thread_streams_is_safe(tiny_model):
 def test_a_stream_nobody_reads_is_reclaimed_after_its_deadline(tiny_model):
     s = llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=0.5)
     next(s)  # holds the model's lock, suspended
-    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=10)
-    assert b.n_tokens == 3 and b.total_s < 5
+    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=30)
+    assert b.n_tokens == 3 and b.total_s < 20
     assert s.answer is not None and s.answer.finish_reason in ("timeout", "cancelled")
 
 
 def test_a_dropped_stream_frees_its_model(tiny_model):
     for chunk in llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=300):
         break  # nothing references the stream any more
-    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=10)
-    assert b.n_tokens == 3 and b.total_s < 5
+    b = llm_magic.ask("next", model=tiny_model, max_tokens=3, timeout=30)
+    assert b.n_tokens == 3 and b.total_s < 20
 
 
 def test_timeout_waiting_for_a_busy_model_says_so(tiny_model):

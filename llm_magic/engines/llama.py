@@ -46,6 +46,34 @@ def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         native_log.debug(line.rstrip("\n"))
 
 
+def _load_progress(_progress: float, _user_data) -> bool:
+    """llama.cpp's load progress callback: returning False aborts the load (there is no other way)."""
+    abort = getattr(_local, "abort", None)
+    return not (abort is not None and abort.is_set())
+
+
+def _install_load_abort() -> None:
+    """Give every model load a progress callback, so a load can be abandoned (unload, shutdown).
+
+    ``Llama.__init__`` builds its model params from ``llama_model_default_params()`` and offers no
+    hook for the callback, so we wrap that function; the callback is a no-op outside our loads."""
+    import llama_cpp.llama_cpp as low
+
+    if getattr(low.llama_model_default_params, "_llm_magic", False):
+        return
+    original = low.llama_model_default_params
+    callback = low.llama_progress_callback(_load_progress)
+
+    def default_params_with_abort():
+        params = original()
+        params.progress_callback = callback
+        return params
+
+    default_params_with_abort._llm_magic = True
+    default_params_with_abort._callback = callback  # keep it alive
+    low.llama_model_default_params = default_params_with_abort
+
+
 def _quiet_print(*args: Any, **kwargs: Any) -> None:
     """Replaces ``print`` inside llama_cpp's modules: their verbose prints go to our debug log."""
     if native_log.isEnabledFor(logging.DEBUG):
@@ -70,6 +98,7 @@ def llama_cpp():
             callback = lc.llama_log_callback(_native_log)
             lc.llama_log_set(callback, ctypes.c_void_p(0))
             lc._llm_magic_log_callback = callback  # keep the ctypes callback alive
+            _install_load_abort()
             for module in (llama_module, internals):
                 module.print = _quiet_print
             _llama_cpp = lc
@@ -148,7 +177,7 @@ class LocalModel:
     # ---- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> "LocalModel":
+    def load(cls, spec: ModelSpec, abort: threading.Event | None = None) -> "LocalModel":
         lc = llama_cpp()
         path = spec.path
         if not os.path.exists(path) and path == str(default_model.path()) and default_model.is_installed():
@@ -165,12 +194,15 @@ class LocalModel:
             header = read_header(path, until=enough)
         except GGUFError as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
+        except OSError as e:
+            raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from None
         n_ctx = spec.n_ctx
         if header.context_length and n_ctx > header.context_length:
             n_ctx = header.context_length
         use_mlock, why_not = (False, "") if not spec.use_mlock else _mlock_allowed(size)
         mlock = "on" if use_mlock else ("off" if not spec.use_mlock else f"off (fallback: {why_not})")
         _local.lines = deque(maxlen=200)
+        _local.abort = abort
         try:
             llm = lc.Llama(
                 model_path=path,
@@ -183,11 +215,14 @@ class LocalModel:
                 verbose=True,  # see llama_cpp(): output is routed, not printed
             )
         except ValueError as e:
+            if abort is not None and abort.is_set():
+                raise ModelLoadError(f"loading {path} was abandoned (unloaded or shutting down)") from None
             reason = diagnose(path) or _native_reason(_local.lines) or str(e)
             raise ModelLoadError(f"cannot load {path}: {reason}") from None
         finally:
             lines = list(_local.lines)
             _local.lines = None
+            _local.abort = None
         llm.verbose = False  # no timing prints per generation
         if use_mlock and any("failed to mlock" in line for line in lines):
             mlock = "off (fallback: the OS refused mlock)"
@@ -439,5 +474,5 @@ def _native_reason(lines) -> str | None:
     return errors[-1] if errors else None
 
 
-def load(spec: ModelSpec) -> LocalModel:
-    return LocalModel.load(spec)
+def load(spec: ModelSpec, abort: threading.Event | None = None) -> LocalModel:
+    return LocalModel.load(spec, abort=abort)
