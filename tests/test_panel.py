@@ -156,7 +156,8 @@ def test_show_and_magic_display_the_panel(ip):
 # ---- streaming --------------------------------------------------------------------------------
 
 def test_click_returns_at_once_streams_and_is_throttled(use_model):
-    panel = make_panel(max_tokens=1500, timeout=60)
+    # generate for 3 s at the tiny model's full speed (hundreds of tokens/s on an idle machine)
+    panel = make_panel(max_tokens=100000, timeout=3)
     values = panel.answer_area.comm.values
     panel.prompt.value = "Tell me a story"
     t0 = time.monotonic()
@@ -166,28 +167,41 @@ def test_click_returns_at_once_streams_and_is_throttled(use_model):
     assert panel.running and panel.ask_button.disabled and not panel.stop_button.disabled
     # updates arrive while it generates
     assert wait_for(lambda: len(values()) >= 3 and panel.running, timeout=20), (len(values()), panel.running)
-    assert panel.running
     interim = values()[-1][1]
     assert "▌" in interim  # the cursor: still streaming
-    answer = panel.wait(60)
+    answer = panel.wait(30)
     elapsed = time.monotonic() - t0
-    assert answer is panel.answer and answer.finish_reason == "length" and answer.n_tokens == 1500
+    assert answer is panel.answer and answer.finish_reason == "timeout"
     assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
     assert panel.history == [("Tell me a story", answer)]
-    # fast enough to need throttling, and throttled: at most 30/s (+ first and final)
-    assert answer.n_tokens / elapsed > 100, answer.n_tokens / elapsed
+    # throttled: at most 30/s (+ the first and the final), far fewer updates than tokens
     sent = values()
     assert len(sent) == panel.n_updates
     assert len(sent) <= 30 * elapsed + 2, (len(sent), elapsed)
+    if (answer.tokens_per_s or 0) >= 100:  # the usual case; a machine crushed by other work may not get there
+        assert answer.n_tokens > 2 * len(sent), (answer.n_tokens, len(sent), answer.tokens_per_s)
+    else:
+        import warnings
+
+        warnings.warn(f"the tiny model ran at {answer.tokens_per_s} tokens/s only: the throttle was barely exercised")
     times = [t for t, _ in sent]
-    bursts = [b - a for a, b in zip(times, times[1:])]
-    assert min(bursts[:-1]) >= 1 / 30 - 0.002, min(bursts)  # the last gap may be the final update
-    # the final text is complete
-    assert sent[-1][1] == render_markdown(answer.text) + panel._final_html(answer)[len(render_markdown(answer.text)):]
-    assert render_markdown(answer.text) in sent[-1][1] and "▌" not in sent[-1][1]
-    assert "stopped at max_tokens (1500 tokens)" in sent[-1][1]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps[:-1]) >= 1 / 30 - 0.002, min(gaps)  # the last gap may be the final update
+    # the final text is complete: every token, rendered, with the partial-answer marker
+    assert sent[-1][1] == panel._final_html(answer) == panel.answer_area.value
+    assert sent[-1][1].startswith(render_markdown(answer.text)) and "▌" not in sent[-1][1]
+    assert "timed out after 3 s — partial answer" in sent[-1][1]
     status = status_text(panel)
-    assert "1500 tokens" in status and "tokens/s" in status and "first token" in status and "finish: length" in status
+    assert f"{answer.n_tokens} tokens" in status and "tokens/s" in status and "first token" in status
+    assert "finish: timeout" in status
+    # and a complete answer (max_tokens reached)
+    panel.max_tokens.value, panel.timeout.value = 50, 60
+    panel.ask_button.click()
+    answer = panel.wait(60)
+    assert answer.finish_reason == "length" and answer.n_tokens == 50
+    assert panel.answer_area.value == render_markdown(answer.text) + \
+        '<hr><p class="llm-magic-marker"><em>… stopped at max_tokens (50 tokens)</em></p>'
+    assert "finish: length" in status_text(panel) and len(panel.history) == 2
     panel.close()
 
 
@@ -214,11 +228,11 @@ def test_stop_cancels_within_a_token(use_model):
 
 
 def test_timeout_gives_a_marked_partial_answer(use_model, caplog):
-    panel = make_panel(max_tokens=100000, timeout=0.5)
+    panel = make_panel(max_tokens=100000, timeout=1.5)
     panel.ask("Talk forever")
-    answer = panel.wait(10)
+    answer = panel.wait(20)
     assert answer.finish_reason == "timeout" and answer.text and answer.n_tokens > 0
-    assert "⏱ timed out after 0.5 s — partial answer" in panel.answer_area.value
+    assert "⏱ timed out after 1.5 s — partial answer" in panel.answer_area.value
     assert render_markdown(answer.text) in panel.answer_area.value
     assert "finish: timeout" in status_text(panel)
 
@@ -304,7 +318,7 @@ def test_missing_file_failed_load_and_bad_options_show_in_status(use_model, corr
 # ---- sharing, closing -------------------------------------------------------------------------
 
 def test_two_panels_on_one_model_take_turns(use_model):
-    a, b = make_panel(max_tokens=400, timeout=60), make_panel(max_tokens=400, timeout=60)
+    a, b = make_panel(max_tokens=150, timeout=150), make_panel(max_tokens=150, timeout=150)
     got = {a: [], b: []}
     for p in (a, b):
         real = p._on_chunk
@@ -312,8 +326,8 @@ def test_two_panels_on_one_model_take_turns(use_model):
     a.ask("Tell me a story")
     b.ask("Tell me a story")
     assert b.running
-    ra, rb = a.wait(30), b.wait(30)
-    assert ra.finish_reason == rb.finish_reason == "length" and ra.n_tokens == rb.n_tokens == 400
+    ra, rb = a.wait(150), b.wait(150)
+    assert ra.finish_reason == rb.finish_reason == "length" and ra.n_tokens == rb.n_tokens == 150
     # greedy, same prompt, no interleaving: the same text, each exactly its own chunks
     assert ra.text == rb.text == "".join(c for _, c in got[a]) == "".join(c for _, c in got[b])
     # they queued on the model's lock: one finished before the other's first token
@@ -349,7 +363,8 @@ def test_cleanup_models_while_streaming_stops_it(use_model):
     assert panel.wait(5).finish_reason == "cancelled"
     assert time.monotonic() - t0 < 3.0
     assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
-    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("llm_magic")], timeout=5), \
+    ours = ("llm_magic-gen", "llm_magic-panel", "llm_magic-load")
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith(ours)], timeout=5), \
         [t.name for t in threading.enumerate()]
     # the panel still works afterwards (the model loads again)
     panel.max_tokens.value = 3
@@ -419,4 +434,4 @@ def test_panel_notebook_runs_in_a_real_kernel(tiny_model):
     assert "error" not in [o.output_type for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[3].outputs)
     assert "running: True" in outputs and "length: 200 tokens" in outputs
-    assert "timeout — ⏱ timed out after 0.5 s — partial answer" in outputs
+    assert "timeout — ⏱ timed out after 2 s — partial answer" in outputs
