@@ -31,6 +31,14 @@ def _user_error(exc: LLMMagicError) -> UsageError:
     return UsageError(str(exc))
 
 
+def _split(text: str) -> list[str]:
+    """Shell-like split of a %llm argument line; an unbalanced quote is a UsageError."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise UsageError(f"%llm: {e} in {text!r}") from None
+
+
 def _read_grammar(value: str) -> str:
     """``--grammar``: a path to a .gbnf file, or the grammar itself."""
     import os
@@ -397,7 +405,7 @@ class AskMagics(Magics):
         self._ask(args, prompt, interpolate=False)
 
     def _llm_reset(self, rest: str) -> None:
-        words = shlex.split(rest)
+        words = _split(rest)
         if len(words) > 1:
             raise UsageError("usage: %llm reset [NAME]")
         n = conversations.reset(words[0] if words else None)
@@ -405,7 +413,7 @@ class AskMagics(Magics):
         print(f"forgot {what} ({n} on {n} model{'s' if n != 1 else ''})" if n else f"no {what} to forget")
 
     def _llm_history(self, rest: str) -> None:
-        words = shlex.split(rest)
+        words = _split(rest)
         if len(words) > 1:
             raise UsageError("usage: %llm history [NAME]")
         found = conversations.find(words[0] if words else None)
@@ -425,7 +433,7 @@ class AskMagics(Magics):
 
     def _llm_alias(self, rest: str) -> None:
         try:
-            args = ALIAS_PARSER.parse_args(shlex.split(rest))
+            args = ALIAS_PARSER.parse_args(_split(rest))
         except ValueError as e:
             raise UsageError(f"%llm alias: {e}") from None
         spec = {"path": args.path}
@@ -462,7 +470,7 @@ class AskMagics(Magics):
     def _llm_load(self, rest: str) -> None:
         from . import preload
 
-        words = shlex.split(rest)
+        words = _split(rest)
         wait = "--wait" in words
         names = [w for w in words if w != "--wait"]
         unknown = [w for w in names if w.startswith("-")]
@@ -490,7 +498,7 @@ class AskMagics(Magics):
     def _llm_unload(self, rest: str) -> None:
         from . import unload
 
-        words = shlex.split(rest)
+        words = _split(rest)
         if words == ["--all"]:
             n = unload(all=True)
         elif len(words) == 1 and not words[0].startswith("-"):

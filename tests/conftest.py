@@ -44,10 +44,13 @@ def corrupt_files(model_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
+def _fresh_state(monkeypatch, _shell):
     """Every test starts with no models, default settings and no default model from the env."""
+    from traitlets.config import Config
+
     monkeypatch.delenv(config.ENV_MODEL, raising=False)
     config.settings = config.Settings()
+    _shell.config.AskMagics = Config()  # %config lines of earlier tests don't leak
     yield
     llm_magic.cleanup_models()
     config.settings = config.Settings()
@@ -73,9 +76,6 @@ def _shell():
 @pytest.fixture
 def ip(_shell, use_model):
     """A real InteractiveShell with llm_magic loaded (preloading the tiny model)."""
-    from traitlets.config import Config
-
-    _shell.config.AskMagics = Config()
     _shell.run_line_magic("load_ext", "llm_magic")
     yield _shell
     _shell.run_line_magic("unload_ext", "llm_magic")
