@@ -317,13 +317,13 @@ class AskPanel(widgets.VBox):
 
     def close(self) -> None:
         """Close the panel; a running generation is stopped (within one token)."""
-        if self._closed:
+        if getattr(self, "_closed", True):  # also when __init__ failed half-way (Widget.__del__ calls this)
             return
         self.stop()
         with self._lock:
             self._closed = True
         self._wake.set()
-        for w in self._parts + self._rows + [self]:
+        for w in getattr(self, "_parts", []) + getattr(self, "_rows", []) + [self]:
             for sub in (getattr(w, "layout", None), getattr(w, "style", None)):
                 if isinstance(sub, widgets.Widget):
                     sub.close()  # Widget.close() leaves them registered (and alive) otherwise
