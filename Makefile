@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lab bench install clean-venv
+.PHONY: demo test lab bench soak install clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +21,23 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 comma := ,
 
-install: $(VENV)/.installed-default-model+test
+install: $(VENV)/.installed-default-model+test+browser
 
 demo: $(VENV)/.installed-default-model+test
 	$(PY) notebooks/run_quickstart.py
 
-test: $(VENV)/.installed-default-model+test
+test: $(VENV)/.installed-default-model+test+browser
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 lab: $(VENV)/.installed-default-model+test
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(VENV)/.installed-default-model+test
+bench: $(VENV)/.installed-default-model+test+bench
 	$(PY) benchmarks/run.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL))
+
+# long reliability runs (issue 8): soak and leak, figures into the README
+soak: $(VENV)/.installed-default-model+test+bench
+	$(PY) benchmarks/soak.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL))
 
 clean-venv:
 	rm -rf $(VENV)
