@@ -99,6 +99,13 @@ def _fmt_size(n: int | None) -> str:
     return str(n)
 
 
+def _remote_note(row: dict) -> str:
+    if row.get("kind") != "remote":
+        return ""
+    latency = f", {row['latency_s'] * 1000:.0f} ms" if row.get("latency_s") is not None else ""
+    return f"{row['path']}{latency}"
+
+
 def status_table() -> str:
     """A text table of ``models()``."""
     rows = models()
@@ -120,7 +127,7 @@ def status_table() -> str:
             str(r["uses"]),
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
             r.get("mlock") or "-",
-            (r["error"] or r.get("note") or "")[:200],
+            (r["error"] or r.get("note") or _remote_note(r))[:200],
         ))
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)

@@ -37,6 +37,10 @@ _loading = threading.local()  # the abort event of the load running on this thre
 
 
 def _default_loader(spec: ModelSpec):
+    if spec.remote:
+        from .engines import openai
+
+        return openai.load(spec, abort=getattr(_loading, "abort", None))
     from .engines import llama
 
     return llama.load(spec, abort=getattr(_loading, "abort", None))
@@ -103,10 +107,14 @@ class Entry:
         return time.monotonic() - self.load_started if self.state == LOADING else 0.0
 
     def info(self) -> dict[str, Any]:
+        remote = self.spec.remote
         return {
             "name": self.name,
-            "path": self.spec.path,
-            "state": self.state,
+            "path": self.spec.base_url if remote else self.spec.path,
+            "state": "remote" if remote and self.state == READY else self.state,
+            "kind": "remote" if remote else "local",
+            "latency_s": getattr(self.model, "latency_s", None),
+            "server_models": getattr(self.model, "available", None),
             "size_bytes": self.size_bytes,
             "load_s": self.load_s,
             "uses": self.uses,
@@ -167,10 +175,10 @@ class ModelCache:
             entry.load_started = time.monotonic()
             entry.abort = threading.Event()
             try:
-                entry.size_bytes = os.path.getsize(spec.path)
+                entry.size_bytes = 0 if spec.remote else os.path.getsize(spec.path)
             except OSError:
                 entry.size_bytes = 0
-            victims = self._make_room(entry)
+            victims = [] if spec.remote else self._make_room(entry)
             entry.future = self._pool.submit(self._load, entry)
         for victim, reason in victims:
             self._evict(victim, reason)
@@ -179,7 +187,8 @@ class ModelCache:
     # ---- memory budget, LRU eviction, keep_alive ----------------------------------------------
 
     def _resident(self) -> list[Entry]:
-        return [e for e in self._entries.values() if e.state in (LOADING, READY)]
+        """Local models in memory (a remote model costs no local memory: not counted)."""
+        return [e for e in self._entries.values() if e.state in (LOADING, READY) and not e.spec.remote]
 
     def _make_room(self, incoming: Entry) -> list[tuple[Entry, str]]:
         """Pick least recently used idle models to evict so that ``incoming`` fits the limits.
@@ -241,7 +250,7 @@ class ModelCache:
     def _load(self, entry: Entry) -> Any:
         started = time.monotonic()
         try:
-            file_id = _file_id(entry.spec.path)
+            file_id = None if entry.spec.remote else _file_id(entry.spec.path)
             _loading.abort = entry.abort
             model = (self._loader or _default_loader)(entry.spec)
         except BaseException as exc:
@@ -265,7 +274,7 @@ class ModelCache:
             entry.idle_since = time.monotonic()
             entry.load_s = time.monotonic() - started
             try:
-                entry.size_bytes = os.path.getsize(entry.spec.path)
+                entry.size_bytes = 0 if entry.spec.remote else os.path.getsize(entry.spec.path)
             except OSError:
                 pass
         log.info("llm_magic: loaded %s in %.2f s", entry.name, entry.load_s)

@@ -54,7 +54,9 @@ class Settings:
 settings = Settings()
 
 # Options a model spec (an alias in ``models``) may carry.
-SPEC_KEYS = ("path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "use_mlock", "use_mmap", "chat")
+SPEC_KEYS = ("path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "use_mlock", "use_mmap", "chat",
+             "base_url", "model", "api_key_env", "endpoint")
+REMOTE_KEYS = ("base_url", "model", "api_key_env", "endpoint")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,15 @@ class ModelSpec:
     use_mlock: bool = True
     use_mmap: bool = True
     chat: str = "auto"  # auto: chat template if the model has one; "completion": never
+    base_url: str = ""  # set: a remote OpenAI-compatible server instead of a local file
+    remote_model: str = ""  # the server's model name
+    api_key_env: str = ""  # the environment variable holding the API key (never the key itself)
+    endpoint: str = "chat"  # remote: "chat" (/v1/chat/completions) or "completions"
     name: str = field(default="", compare=False)  # alias or file name, for display only
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.base_url)
 
     @property
     def key(self) -> tuple:
@@ -77,7 +87,7 @@ class ModelSpec:
 
     @property
     def display_name(self) -> str:
-        return self.name or Path(self.path).name
+        return self.name or (self.remote_model or self.base_url if self.remote else Path(self.path).name)
 
 
 def _no_model_message() -> str:
@@ -101,7 +111,8 @@ def default_model_name() -> str | None:
 
 
 _SPEC_TYPES = {"path": str, "n_ctx": int, "n_threads": int, "n_threads_batch": int, "n_batch": int,
-               "use_mlock": bool, "use_mmap": bool, "chat": str}
+               "use_mlock": bool, "use_mmap": bool, "chat": str,
+               "base_url": str, "model": str, "api_key_env": str, "endpoint": str}
 
 
 def validate_alias(name: str, options: dict[str, Any]) -> None:
@@ -109,8 +120,15 @@ def validate_alias(name: str, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
-    if "path" not in options:
-        raise ConfigError(f"model {name!r}: a spec needs a 'path'")
+    if "path" not in options and "base_url" not in options:
+        raise ConfigError(f"model {name!r}: a spec needs a 'path' (a GGUF file) or a 'base_url' (a server)")
+    if "path" in options and "base_url" in options:
+        raise ConfigError(f"model {name!r}: give either 'path' or 'base_url', not both")
+    url = options.get("base_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"model {name!r}: base_url must start with http:// or https://, got {url!r}")
+    if options.get("endpoint", "chat") not in ("chat", "completions"):
+        raise ConfigError(f"model {name!r}: endpoint must be 'chat' or 'completions'")
     for key, value in options.items():
         kind = _SPEC_TYPES[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -141,6 +159,11 @@ def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
     if name in settings.models:
         options = dict(settings.models[name])
         validate_alias(name, options)
+        if "base_url" in options:  # a remote server: nothing on disk to check
+            spec = ModelSpec(path="", base_url=options["base_url"].rstrip("/"), remote_model=options.get("model", ""),
+                             api_key_env=options.get("api_key_env", ""), endpoint=options.get("endpoint", "chat"),
+                             n_ctx=0, use_mlock=False, name=name)
+            return spec
         path = str(options.pop("path"))
         display = name
     elif name == "default" and default_model.is_installed():

@@ -181,6 +181,7 @@ class Stream:
         self._iter = self._run()
         self.phase = "start"  # load -> lock -> prompt -> generate -> done: where the time goes
         self.defer_log = False
+        self._stats = None
 
     # public control ---------------------------------------------------------------------------
 
@@ -189,6 +190,12 @@ class Stream:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop_event.set()
+        cancel = getattr(self._stats, "cancel", None)
+        if cancel is not None:  # a remote stream: close the connection now, the server stops too
+            try:
+                cancel()
+            except Exception:  # noqa: BLE001 - best effort; the stream also checks per chunk
+                pass
 
     @property
     def model_name(self) -> str:
@@ -340,6 +347,7 @@ class Stream:
         from .engines.llama import StreamStats
 
         stats = StreamStats()
+        self._stats = stats
         model = entry.model
         if model is None or not cache.begin_use(entry, self, model):
             return True  # unloaded between the wait and now
@@ -360,7 +368,7 @@ class Stream:
                                      max_tokens=self.max_tokens)
             times["gen_start"] = time.monotonic()
             engine = model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
-                                  stats=stats, **dict(self.sampling))
+                                  stats=stats, deadline=self.deadline, **dict(self.sampling))
             try:
                 for piece in engine:
                     now = time.monotonic()

@@ -81,7 +81,11 @@ class _AliasParser(argparse.ArgumentParser):
 ALIAS_PARSER = _AliasParser(prog="%llm alias", add_help=False,
                             description="Add a model alias for this session.")
 ALIAS_PARSER.add_argument("name")
-ALIAS_PARSER.add_argument("path")
+ALIAS_PARSER.add_argument("path", nargs="?")
+ALIAS_PARSER.add_argument("--base-url", dest="base_url")
+ALIAS_PARSER.add_argument("--model", dest="model")
+ALIAS_PARSER.add_argument("--api-key-env", dest="api_key_env")
+ALIAS_PARSER.add_argument("--endpoint", choices=("chat", "completions"))
 ALIAS_PARSER.add_argument("--n-ctx", type=int, dest="n_ctx")
 ALIAS_PARSER.add_argument("--n-threads", type=int, dest="n_threads")
 ALIAS_PARSER.add_argument("--n-batch", type=int, dest="n_batch")
@@ -436,20 +440,23 @@ class AskMagics(Magics):
             args = ALIAS_PARSER.parse_args(_split(rest))
         except ValueError as e:
             raise UsageError(f"%llm alias: {e}") from None
-        spec = {"path": args.path}
-        for key in ("n_ctx", "n_threads", "n_batch", "chat"):
+        spec = {"path": args.path} if args.path else {}
+        for key in ("n_ctx", "n_threads", "n_batch", "chat", "base_url", "model", "api_key_env", "endpoint"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
         if args.no_mlock:
             spec["use_mlock"] = False
         try:
             config.validate_alias(args.name, spec)
-            config.resolve_spec_path(spec["path"])
+            if "path" in spec:
+                config.resolve_spec_path(spec["path"])
         except LLMMagicError as e:
             raise UsageError(str(e)) from None
         self.session_aliases[args.name] = spec
         config.settings.models = {**self.models, **self.session_aliases}
-        print(f"alias {args.name} -> {spec['path']}" + "".join(f" {k}={v}" for k, v in spec.items() if k != "path"))
+        target = spec.get("path") or spec.get("base_url")
+        print(f"alias {args.name} -> {target}" + "".join(f" {k}={v}" for k, v in spec.items()
+                                                      if k not in ("path", "base_url")))
 
     def _llm_aliases(self, rest: str) -> None:
         aliases = config.settings.models
@@ -459,8 +466,9 @@ class AskMagics(Magics):
         width = max(len(n) for n in aliases)
         for name, spec in sorted(aliases.items()):
             source = "session" if name in self.session_aliases else "config"
-            options = " ".join(f"{k}={v}" for k, v in spec.items() if k != "path")
-            print(f"{name:<{width}}  {spec.get('path')}  {options}  ({source})".rstrip())
+            target = spec.get("path") or spec.get("base_url")
+            options = " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("path", "base_url"))
+            print(f"{name:<{width}}  {target}  {options}  ({source})".rstrip())
 
     def _llm_status(self, rest: str) -> None:
         from . import status_table

@@ -159,6 +159,7 @@ class StreamStats:
     first_sample_at: float | None = None  # monotonic time the first token was sampled
     context_tokens: list[int] | None = None  # prompt + generated tokens in the KV cache afterwards
     context_text: str | None = None
+    cancel: Any = None  # set by an engine that can abort at once from another thread (closes a stream)
 
 
 @dataclass
@@ -306,7 +307,7 @@ class LocalModel:
     # ---- generation ----------------------------------------------------------------------
 
     def stream(self, prepared: Prepared, *, max_tokens: int, should_stop: Callable[[], bool],
-               stats: StreamStats, **sampling: Any) -> Iterator[str]:
+               stats: StreamStats, deadline: float | None = None, **sampling: Any) -> Iterator[str]:
         """Yield text pieces as tokens are generated. Caller holds ``self.lock``.
 
         ``should_stop`` is polled once per sampled token (llama-cpp-python's ``stopping_criteria``)
