@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from IPython.core.error import UsageError
@@ -23,52 +19,12 @@ from llm_magic.cache import get_cache
 from llm_magic.engines.openai import describe_connection_error
 
 from conftest import run
+from llama_server import Server, free_port
 
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 SECRET = "sk-test-7f3a9c1e5b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m llama_cpp.server` as a subprocess on a free loopback port."""
-
-    def __init__(self, model: str, alias: str = "tiny", api_key: str | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", alias,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--verbose", "False"]
-        if api_key:
-            cmd += ["--api_key", api_key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
-            try:
-                req = urllib.request.Request(f"{self.url}/models",
-                                             headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
-                urllib.request.urlopen(req, timeout=1).read()
-                return
-            except Exception:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start in 60 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")
