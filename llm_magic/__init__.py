@@ -10,6 +10,7 @@ The same from Python: ``ask``, ``stream``, ``preload``, ``models``, ``unload``, 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from typing import Any
 
@@ -99,11 +100,15 @@ def _fmt_size(n: int | None) -> str:
     return str(n)
 
 
-def _remote_note(row: dict) -> str:
-    if row.get("kind") != "remote":
-        return ""
-    latency = f", {row['latency_s'] * 1000:.0f} ms" if row.get("latency_s") is not None else ""
-    return f"{row['path']}{latency}"
+def _kind_note(row: dict) -> str:
+    """Remote: the URL and latency. Vision: the projector file and the chat handler."""
+    if row.get("kind") == "remote":
+        latency = f", {row['latency_s'] * 1000:.0f} ms" if row.get("latency_s") is not None else ""
+        return f"{row['path']}{latency}"
+    if row.get("kind") == "vision":
+        handler = f", handler {row['chat_handler']}" if row.get("chat_handler") else ""
+        return f"mmproj {os.path.basename(row['mmproj'])}{handler}"
+    return ""
 
 
 def status_table() -> str:
@@ -127,7 +132,7 @@ def status_table() -> str:
             str(r["uses"]),
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
             r.get("mlock") or "-",
-            (r["error"] or r.get("note") or _remote_note(r))[:200],
+            (r["error"] or r.get("note") or _kind_note(r))[:200],
         ))
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)

@@ -48,6 +48,7 @@ class Settings:
     max_loaded_models: int = 0  # 0 = no limit
     memory_budget: Any = 0  # bytes, "8GB", "50%"; 0 = no limit
     keep_alive: Any = "forever"  # seconds, or "forever"
+    vision_model: str = ""  # the model `--image` uses when no -m is given
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -55,8 +56,10 @@ settings = Settings()
 
 # Options a model spec (an alias in ``models``) may carry.
 SPEC_KEYS = ("path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "use_mlock", "use_mmap", "chat",
-             "base_url", "model", "api_key_env", "endpoint")
+             "mmproj", "chat_handler", "base_url", "model", "api_key_env", "endpoint")
 REMOTE_KEYS = ("base_url", "model", "api_key_env", "endpoint")
+VISION_HANDLERS = ("auto", "mtmd", "llava15", "llava16", "gemma3", "gemma4", "qwen25vl", "minicpmv26", "moondream",
+                   "nanollava", "llama3-vision-alpha", "obsidian")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class ModelSpec:
     use_mlock: bool = True
     use_mmap: bool = True
     chat: str = "auto"  # auto: chat template if the model has one; "completion": never
+    mmproj: str = ""  # vision: the projector GGUF beside the text model
+    chat_handler: str = "auto"  # vision: mtmd, llava15, llava16, gemma3, qwen25vl, ... or auto
     base_url: str = ""  # set: a remote OpenAI-compatible server instead of a local file
     remote_model: str = ""  # the server's model name
     api_key_env: str = ""  # the environment variable holding the API key (never the key itself)
@@ -111,7 +116,7 @@ def default_model_name() -> str | None:
 
 
 _SPEC_TYPES = {"path": str, "n_ctx": int, "n_threads": int, "n_threads_batch": int, "n_batch": int,
-               "use_mlock": bool, "use_mmap": bool, "chat": str,
+               "use_mlock": bool, "use_mmap": bool, "chat": str, "mmproj": str, "chat_handler": str,
                "base_url": str, "model": str, "api_key_env": str, "endpoint": str}
 
 
@@ -127,6 +132,10 @@ def validate_alias(name: str, options: dict[str, Any]) -> None:
     url = options.get("base_url", "")
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"model {name!r}: base_url must start with http:// or https://, got {url!r}")
+    if "mmproj" in options and "path" not in options:
+        raise ConfigError(f"model {name!r}: 'mmproj' (a vision projector) goes with a local 'path'")
+    if options.get("chat_handler", "auto") not in VISION_HANDLERS:
+        raise ConfigError(f"model {name!r}: chat_handler must be one of {', '.join(VISION_HANDLERS)}")
     if options.get("endpoint", "chat") not in ("chat", "completions"):
         raise ConfigError(f"model {name!r}: endpoint must be 'chat' or 'completions'")
     for key, value in options.items():
@@ -165,6 +174,8 @@ def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
                              n_ctx=0, use_mlock=False, name=name)
             return spec
         path = str(options.pop("path"))
+        if options.get("mmproj"):
+            options["mmproj"] = resolve_spec_path(options["mmproj"])
         display = name
     elif name == "default" and default_model.is_installed():
         path = str(default_model.path())  # assembled at load time if missing

@@ -22,6 +22,7 @@ from . import config
 from . import conversation as conversations
 from .cache import Entry, LoadTimeout, get_cache
 from .errors import ConfigError, LLMMagicError
+from .images import Image, load_image
 from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
@@ -147,7 +148,7 @@ class Stream:
     def __init__(self, prompt: str, model: str | None = None, timeout: float | None = None,
                  max_tokens: int | None = None, raw: bool = False, system: str | None = None,
                  conversation: str | None = None, on_status: Callable[[str], None] | None = None,
-                 cancel_if: Callable[[], bool] | None = None, **sampling: Any):
+                 cancel_if: Callable[[], bool] | None = None, images: list | None = None, **sampling: Any):
         self.started = time.monotonic()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError("the prompt is empty: write the question in the cell (or after %ask)")
@@ -166,7 +167,15 @@ class Stream:
         system = system if system is not None else (s.system or None)
         sampling = {k: v for k, v in sampling.items() if v is not None}
         validate_options(timeout, max_tokens, sampling)
+        if images and not model:
+            model = s.vision_model or None
         self.spec = config.resolve(model)
+        self.images = [img if isinstance(img, Image) else load_image(img) for img in (images or [])]
+        if self.images and not self.spec.mmproj and not self.spec.remote:
+            vision = [n for n, o in s.models.items() if o.get("mmproj")]
+            raise ConfigError(f"{self.spec.display_name} is a text-only model and cannot take images; "
+                              f"vision models configured: {', '.join(vision) or 'none'} "
+                              f"(a vision alias has 'path' and 'mmproj'; set AskMagics.vision_model)")
         self.prompt, self.raw, self.system = prompt, raw, system
         self.conversation = conversation
         self.timeout, self.max_tokens, self.sampling = timeout, max_tokens, sampling
@@ -365,7 +374,7 @@ class Stream:
             if self.conversation:
                 conv = conversations.get(self.conversation, entry.spec.key, entry.name)
             prepared = model.prepare(self.prompt, raw=self.raw, system=self.system, conversation=conv,
-                                     max_tokens=self.max_tokens)
+                                     max_tokens=self.max_tokens, **({"images": self.images} if self.images else {}))
             times["gen_start"] = time.monotonic()
             engine = model.stream(prepared, max_tokens=self.max_tokens, should_stop=self._should_stop,
                                   stats=stats, deadline=self.deadline, **dict(self.sampling))

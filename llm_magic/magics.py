@@ -22,6 +22,7 @@ from .cell_errors import CellErrors
 from .display import StreamDisplay
 from .errors import LLMMagicError
 from .formats import FORMATS, first_code_block, parse_json_answer
+from .images import load_image
 from .interpolate import interpolate as interpolate_prompt
 
 log = logging.getLogger("llm_magic")
@@ -179,12 +180,14 @@ class AskMagics(Magics):
                                "(0 = no limit). Least recently used idle models are evicted.").tag(config=True)
     keep_alive = Union([Float(), Unicode()], default_value="forever",
                        help="Unload a model idle for this many seconds ('forever' = never).").tag(config=True)
+    vision_model = Unicode("", help="The model `%%ask --image` uses when no -m is given "
+                                    "(an alias with 'path' and 'mmproj').").tag(config=True)
     json_grammar = Unicode("", help="GBNF grammar that constrains `-f json` answers "
                                     "(default: llama.cpp's JSON grammar).").tag(config=True)
 
     _synced = ("model", "preload", "timeout", "max_tokens", "n_ctx", "n_threads", "use_mlock",
                "temperature", "top_p", "top_k", "repeat_penalty", "seed", "system", "stop", "models",
-               "max_loaded_models", "memory_budget", "keep_alive")
+               "max_loaded_models", "memory_budget", "keep_alive", "vision_model")
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -274,6 +277,8 @@ class AskMagics(Magics):
     @argument("--repeat-penalty", type=float, dest="repeat_penalty", help="Repetition penalty (1.0 = off).")
     @argument("--seed", type=int, help="Sampling seed, for repeatable answers.")
     @argument("--stop", action="append", metavar="TEXT", help="Stop at this text (repeatable).")
+    @argument("--image", action="append", metavar="IMAGE", help="An image for a vision model (repeatable): a "
+              "file path, or a variable holding a PIL image, numpy array, PNG/JPEG bytes or matplotlib figure.")
     @argument("--grammar", metavar="GBNF", help="Constrain the answer with a llama.cpp GBNF grammar "
               "(a .gbnf file or the grammar text); -f json uses a JSON grammar by default.")
     @argument("--raw", action="store_true", help="Send the text as it is, without a chat or Q/A prompt.")
@@ -323,11 +328,20 @@ class AskMagics(Magics):
         if args.format == "json" and grammar is None:
             grammar = self.json_grammar or _json_grammar()
         conversation = args.conversation or (conversations.DEFAULT if args.chat else None)
+        images = None
+        if args.image:
+            try:
+                images = [load_image(x, user_ns=self.shell.user_ns) for x in args.image]
+            except LLMMagicError as e:
+                raise _user_error(e) from None
+            for image in images:
+                if image.note:
+                    log.warning("llm_magic: %s", image.note)
         answer = self.run_ask(prompt, model=args.model, timeout=args.timeout, max_tokens=args.max_tokens,
                               raw=args.raw, system=args.system, conversation=conversation,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop,
-                              grammar=grammar, format=args.format)
+                              grammar=grammar, format=args.format, images=images)
         result = answer
         if args.format == "code":
             code = first_code_block(answer)

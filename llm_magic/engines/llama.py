@@ -94,12 +94,20 @@ def llama_cpp():
             import llama_cpp as lc
             import llama_cpp._internals as internals
             import llama_cpp.llama as llama_module
+            import llama_cpp.llama_chat_format as chat_format
 
             callback = lc.llama_log_callback(_native_log)
             lc.llama_log_set(callback, ctypes.c_void_p(0))
             lc._llm_magic_log_callback = callback  # keep the ctypes callback alive
+            try:  # the multimodal library logs through its own callbacks
+                import llama_cpp.mtmd_cpp as mtmd
+
+                mtmd.mtmd_log_set(callback, ctypes.c_void_p(0))
+                mtmd.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+            except (ImportError, AttributeError, OSError):
+                pass
             _install_load_abort()
-            for module in (llama_module, internals):
+            for module in (llama_module, internals, chat_format):
                 module.print = _quiet_print
             _llama_cpp = lc
     return _llama_cpp
@@ -146,6 +154,7 @@ class Prepared:
     text: str = ""  # the prompt text the tokens stand for
     turns_used: int = 0  # earlier conversation turns kept in the prompt
     system: str | None = None
+    messages: list | None = None  # vision: chat messages with image parts
 
 
 @dataclass
@@ -172,6 +181,7 @@ class LocalModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     holder: Any = None  # weakref to the request holding ``lock``
+    vision: str | None = None  # the chat handler's name for a vision model
 
     kind = "local"
 
@@ -202,6 +212,9 @@ class LocalModel:
             n_ctx = header.context_length
         use_mlock, why_not = (False, "") if not spec.use_mlock else _mlock_allowed(size)
         mlock = "on" if use_mlock else ("off" if not spec.use_mlock else f"off (fallback: {why_not})")
+        handler, handler_name = (None, None)
+        if spec.mmproj:
+            handler, handler_name = _vision_handler(spec, has_template=_has_chat_template(path))
         _local.lines = deque(maxlen=200)
         _local.abort = abort
         try:
@@ -213,8 +226,17 @@ class LocalModel:
                 n_threads_batch=spec.n_threads_batch,
                 use_mmap=spec.use_mmap,
                 use_mlock=use_mlock,
+                chat_handler=handler,
                 verbose=True,  # see llama_cpp(): output is routed, not printed
             )
+            if handler is not None:
+                _local.lines.clear()
+                try:  # load the projector now (llama-cpp-python would on the first image) so a
+                    handler._init_mtmd_context(llm)  # mismatch is reported at load time
+                except ValueError:
+                    reason = _native_reason(_local.lines) or "llama.cpp could not load it"
+                    llm.close()
+                    raise ModelLoadError(f"the projector {spec.mmproj} does not fit {path}: {reason}") from None
         except ValueError as e:
             if abort is not None and abort.is_set():
                 raise ModelLoadError(f"loading {path} was abandoned (unloaded or shutting down)") from None
@@ -228,6 +250,10 @@ class LocalModel:
         if use_mlock and any("failed to mlock" in line for line in lines):
             mlock = "off (fallback: the OS refused mlock)"
         template = llm.metadata.get("tokenizer.chat_template")
+        if handler is not None:
+            model = cls(spec=spec, llm=llm, n_ctx=min(n_ctx, llm.n_ctx()), mlock=mlock, chat_template=template)
+            model.vision = handler_name
+            return model
         # llama.cpp may pad the KV cache beyond n_ctx, but llama-cpp-python sizes its token
         # buffer to the n_ctx we asked for: the smaller one is the real limit.
         return cls(spec=spec, llm=llm, n_ctx=min(n_ctx, llm.n_ctx()), mlock=mlock, chat_template=template)
@@ -235,7 +261,7 @@ class LocalModel:
     # ---- prompting -----------------------------------------------------------------------
 
     def prepare(self, prompt: str, *, raw: bool = False, system: str | None = None,
-                conversation: Any = None, max_tokens: int = 0) -> Prepared:
+                conversation: Any = None, max_tokens: int = 0, images: list | None = None) -> Prepared:
         """Tokenize the request the way this model expects it.
 
         With a ``conversation``, earlier turns come first; the prompt continues the exact tokens
@@ -247,6 +273,8 @@ class LocalModel:
         llm = self.llm
         if conversation is not None and system is None:
             system = conversation.system
+        if images:
+            return self._prepare_vision(prompt, images, system, conversation)
         if raw:
             mode = "raw"
         elif self.chat_template and self.spec.chat != "completion":
@@ -276,6 +304,22 @@ class LocalModel:
                 f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
             )
         return Prepared(tokens=tokens, stop=stop, mode=mode, text=text, turns_used=len(turns), system=system)
+
+    def _prepare_vision(self, prompt: str, images: list, system: str | None, conversation: Any) -> Prepared:
+        """Chat messages with image parts, for the vision chat handler (which evaluates the images)."""
+        if self.vision is None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{self.spec.display_name} is a text-only model: it cannot take images")
+        messages = [{"role": "system", "content": system}] if system else []
+        turns = list(conversation.turns) if conversation is not None else []
+        for t in turns:
+            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
+        parts = [{"type": "text", "text": prompt}]
+        parts += [{"type": "image_url", "image_url": {"url": image.data_uri()}} for image in images]
+        messages.append({"role": "user", "content": parts})
+        return Prepared(tokens=[], stop=[], mode="vision", text=prompt, turns_used=len(turns), system=system,
+                        messages=messages)
 
     def _render(self, mode: str, turns: list, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
         if mode == "raw":
@@ -317,6 +361,10 @@ class LocalModel:
         """
         if self.closed:
             raise RuntimeError(f"{self.spec.display_name} was unloaded")
+        if prepared.mode == "vision":
+            yield from self._stream_vision(prepared, max_tokens=max_tokens, should_stop=should_stop, stats=stats,
+                                           **sampling)
+            return
         llm = self.llm
         tokens = prepared.tokens
         stats.n_prompt_tokens = len(tokens)
@@ -388,6 +436,38 @@ class LocalModel:
         stats.n_tokens = max(0, accepted)
         stats.finish_reason = "stop" if hit else engine_finish
 
+    def _stream_vision(self, prepared: Prepared, *, max_tokens: int, should_stop: Callable[[], bool],
+                       stats: StreamStats, **sampling: Any) -> Iterator[str]:
+        """Through the vision chat handler: it encodes the images and evaluates the prompt, then
+        streams. It takes no stopping criteria, so a stop closes the stream after the current token."""
+        llm = self.llm
+        seed = sampling.pop("seed", None)
+        grammar = sampling.pop("grammar", None)
+        kwargs = {k: v for k, v in sampling.items() if v is not None}
+        if grammar is not None:
+            kwargs["grammar"] = self._grammar(grammar)
+        if seed is not None and seed >= 0:
+            kwargs["seed"] = seed
+        chunks = llm.create_chat_completion(messages=prepared.messages, max_tokens=max_tokens, stream=True, **kwargs)
+        finish = None
+        try:
+            for chunk in chunks:
+                if stats.first_sample_at is None:
+                    stats.first_sample_at = time.monotonic()
+                    stats.n_prompt_tokens = stats.n_prompt_evaluated = llm.n_tokens  # images included
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    yield piece
+                if should_stop():
+                    break
+        finally:
+            chunks.close()
+        generated = max(0, llm.n_tokens - stats.n_prompt_tokens)
+        stats.n_tokens = generated + (1 if finish == "length" else 0)
+        stats.finish_reason = finish
+
     def _grammar(self, grammar: Any) -> Any:
         """A ``LlamaGrammar`` for GBNF text, checked first: llama-cpp-python hands llama.cpp's NULL
         for a grammar that does not parse straight to the sampler chain, which then segfaults."""
@@ -451,6 +531,61 @@ class LocalModel:
         if not self.closed:
             self.closed = True
             self.llm.close()
+
+
+_HANDLERS = {
+    "mtmd": "MTMDChatHandler", "gemma3": "MTMDChatHandler", "gemma4": "Gemma4ChatHandler",
+    "llava15": "Llava15ChatHandler", "llava16": "Llava16ChatHandler", "qwen25vl": "Qwen25VLChatHandler",
+    "minicpmv26": "MiniCPMv26ChatHandler", "moondream": "MoondreamChatHandler",
+    "nanollava": "NanoLlavaChatHandler", "llama3-vision-alpha": "Llama3VisionAlphaChatHandler",
+    "obsidian": "ObsidianChatHandler",
+}
+
+
+def _has_chat_template(path: str) -> bool:
+    try:
+        header = read_header(path, until=lambda md: "tokenizer.chat_template" in md)
+    except (GGUFError, OSError):
+        return False
+    return "tokenizer.chat_template" in header.metadata
+
+
+def choose_handler(spec: ModelSpec, has_template: bool) -> str:
+    """The chat handler for a vision pair: the spec's, else from the GGUF metadata.
+
+    A text model with its own chat template goes through ``mtmd`` (llama.cpp's generic
+    multimodal path, which uses that template); otherwise the projector type decides."""
+    if spec.chat_handler != "auto":
+        return spec.chat_handler
+    if has_template:
+        return "mtmd"
+    try:
+        projector = read_header(spec.mmproj, until=lambda md: "clip.projector_type" in md).metadata.get(
+            "clip.projector_type", "")
+    except (GGUFError, OSError) as e:
+        raise ModelLoadError(f"cannot read the projector {spec.mmproj}: {e}") from None
+    if "qwen2" in str(projector):
+        return "qwen25vl"
+    if "minicpm" in str(projector):
+        return "minicpmv26"
+    return "llava15"
+
+
+def _vision_handler(spec: ModelSpec, has_template: bool) -> tuple[Any, str]:
+    import llama_cpp.llama_chat_format as chat_format
+
+    if not os.path.isfile(spec.mmproj):
+        raise ModelNotFound(f"projector file not found: {spec.mmproj}")
+    try:
+        read_header(spec.mmproj, until=lambda md: True)
+    except GGUFError as e:
+        raise ModelLoadError(f"cannot load the projector {spec.mmproj}: {e}") from None
+    name = choose_handler(spec, has_template)
+    cls = getattr(chat_format, _HANDLERS[name], None)
+    if cls is None:
+        raise ModelLoadError(f"chat handler {name!r} is not in this llama-cpp-python")
+    # verbose=True: verbose=False swaps the process-wide stdout/stderr while it loads (see llama_cpp())
+    return cls(clip_model_path=spec.mmproj, verbose=True), name
 
 
 def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
