@@ -182,7 +182,15 @@ def run(model: str, reps: int = 5) -> tuple[dict[str, Any], str]:
               f"preload); {MAX_TOKENS} greedy tokens of `Q: {QUESTION}`. Times to first token count from the "
               f"start of the request, construction included. mlock: {', '.join(mlock)} (the per-call baseline "
               f"uses none). Identical answers in every llm_magic kernel: {same}.")
-    data = {"reps": reps, "results": results}
+    headline = [
+        ("1 cold/warm", "2nd `%%ask`: time to first token", fmt(cold_ttft2, " s"),
+         f"new `Llama` per call: {fmt(pc_ttft2, ' s')}", f"{ratio(cold_ttft2, pc_ttft2):.3f}×", "—"),
+        ("2 preload", "`%load_ext` wall time", fmt(load_ext, " s"), f"model load: {fmt(load_s, ' s')}",
+         f"{ratio(load_ext, load_s):.2f}×", ok(load_ext["n"] > 0 and load_ext["max"] <= 0.2) + " (≤ 0.2 s)"),
+        ("2 preload", "1st `%%ask` after preload: time to first token", fmt(pre_first, " s"),
+         f"no preload: {fmt(cold_ttft1, ' s')}", f"{ratio(pre_first, cold_ttft1):.3f}×", "—"),
+    ]
+    data = {"reps": reps, "results": results, "headline": headline}
     return data, table
 
 

@@ -127,7 +127,11 @@ class Kernel:
     def __init__(self, env: dict[str, str] | None = None, startup_timeout: float = 60):
         from jupyter_client import KernelManager
 
-        self.km = KernelManager(kernel_name="python3", transport="ipc")  # unix sockets: no TCP warning
+        import tempfile
+
+        self._sockets = tempfile.TemporaryDirectory(prefix="llm_magic-bench-")
+        # unix sockets at an absolute path (no TCP, no "running over TCP" warning)
+        self.km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self._sockets.name, "k"))
         # the kernel runs on this interpreter (the venv), whatever kernelspecs are installed
         self.km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         kenv = dict(os.environ)
@@ -184,6 +188,7 @@ class Kernel:
             self.kc.stop_channels()
         finally:
             self.km.shutdown_kernel(now=True)
+            self._sockets.cleanup()
 
     def __enter__(self) -> "Kernel":
         return self
