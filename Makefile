@@ -33,7 +33,7 @@ lab: $(VENV)/.installed-default-model+test
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(VENV)/.installed-default-model+test+bench
-	$(PY) benchmarks/run.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL))
+	$(PY) benchmarks/run.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(if $(BENCH_REPS),--reps $(BENCH_REPS)) $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 # long reliability runs (issue 8): soak and leak, figures into the README
 soak: $(VENV)/.installed-default-model+test+bench
