@@ -281,25 +281,11 @@ class Stream:
         times: dict[str, float] = {}
         try:
             cache = get_cache()
-            for _attempt in range(3):  # a model unloaded under us is loaded again
-                self.phase = "load"
-                entry = cache.entry(self.spec)
-                if self.on_status and (entry is None or entry.state != "ready"):
-                    self.on_status(f"waiting for {self.model_name} to load")
-                try:
-                    entry = self._wait_for_model(cache)
-                except LoadTimeout:
-                    self.stop("timeout")
-                except KeyboardInterrupt:
-                    self.stop("cancelled")
-                meta["load_wait_s"] = time.monotonic() - self.started
-                if entry is None or self._stop_event.is_set():
-                    return
-                self.entry = entry
-                _warn_mlock_once(entry)
-                gone = yield from self._generate(cache, entry, pieces, meta, times)
-                if not gone:
-                    return
+            yield from self._attempts(cache, pieces, meta, times)
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):  # the answer records why there is none
+                meta.setdefault("error", str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             meta.setdefault("phase", self.phase)
             self.phase = "done"
@@ -309,6 +295,27 @@ class Stream:
             self._times = times
             if self.answer.finish_reason == "timeout" and not self.defer_log:
                 self.log_timeout()
+
+    def _attempts(self, cache, pieces: list, meta: dict, times: dict) -> Iterator[str]:
+        for _attempt in range(3):  # a model unloaded under us is loaded again
+            self.phase = "load"
+            entry = cache.entry(self.spec)
+            if self.on_status and (entry is None or entry.state != "ready"):
+                self.on_status(f"waiting for {self.model_name} to load")
+            try:
+                entry = self._wait_for_model(cache)
+            except LoadTimeout:
+                self.stop("timeout")
+            except KeyboardInterrupt:
+                self.stop("cancelled")
+            meta["load_wait_s"] = time.monotonic() - self.started
+            if entry is None or self._stop_event.is_set():
+                return
+            self.entry = entry
+            _warn_mlock_once(entry)
+            gone = yield from self._generate(cache, entry, pieces, meta, times)
+            if not gone:
+                return
 
     def _wait_for_model(self, cache) -> Entry | None:
         # Wait in short slices so stop() and KeyboardInterrupt are honoured during a load.

@@ -116,7 +116,7 @@ class AskPanel(widgets.VBox):
     """Prompt, model picker, options, Ask/Stop, a status line and the streaming answer.
 
     Public parts: ``prompt`` (Textarea), ``model`` (Dropdown), ``max_tokens``, ``timeout``,
-    ``temperature`` (inputs), ``ask_button``, ``stop_button``, ``status`` and ``answer_area``
+    ``temperature`` (inputs), ``image`` (FileUpload, shown for vision models), ``ask_button``, ``stop_button``, ``status`` and ``answer_area``
     (HTML), ``answer`` (the latest ``Answer`` or None), ``running``, ``history`` (list of
     ``(prompt, Answer)``), ``n_updates`` (answer updates sent to the front end).
     """
@@ -182,6 +182,10 @@ class AskPanel(widgets.VBox):
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
                                           tooltip="Stop after the current token")
         self.stop_button.add_class("llm-magic-stop")
+        # offered only when the selected model is a vision model (issue 6)
+        self.image = widgets.FileUpload(accept="image/*", multiple=True, description="image",
+                                        layout=widgets.Layout(display="none"))
+        self.image.add_class("llm-magic-image")
         self.status = widgets.HTML(value="")
         self.status.add_class("llm-magic-status")
         self.answer_area = widgets.HTML(value="", layout=widgets.Layout(max_height="30em", overflow="auto",
@@ -191,16 +195,18 @@ class AskPanel(widgets.VBox):
         self.ask_button.on_click(lambda _b: self.ask())
         self.stop_button.on_click(lambda _b: self.stop())
         self.model.observe(lambda _c: self._idle_status(), names="value")
+        self.model.observe(lambda _c: self._update_image_input(), names="value")
 
         self._parts = [self.prompt, self.model, self.max_tokens, self.timeout, self.temperature,
                        self.ask_button, self.stop_button, self.status, self.answer_area]
-        options_row = widgets.HBox([self.model, self.max_tokens, self.timeout, self.temperature],
+        options_row = widgets.HBox([self.model, self.max_tokens, self.timeout, self.temperature, self.image],
                                    layout=widgets.Layout(flex_flow="row wrap"))
         buttons_row = widgets.HBox([self.ask_button, self.stop_button, self.status],
                                    layout=widgets.Layout(align_items="center"))
         self._rows = [options_row, buttons_row]
         super().__init__([self.prompt, options_row, buttons_row, self.answer_area])
         self.add_class("llm-magic-panel")
+        self._update_image_input()
         self._idle_status()
 
     @classmethod
@@ -236,9 +242,10 @@ class AskPanel(widgets.VBox):
         if prompt is not None:
             self.prompt.value = prompt
         try:
+            images = self.uploaded_images() if self.image.layout.display != "none" else []
             stream = generation.Stream(
                 self.prompt.value, model=self.model.value or None, timeout=self.timeout.value,
-                max_tokens=self.max_tokens.value, temperature=self.temperature.value,
+                max_tokens=self.max_tokens.value, temperature=self.temperature.value, images=images or None,
             )
         except LLMMagicError as exc:
             self._show_error(str(exc))
@@ -280,6 +287,21 @@ class AskPanel(widgets.VBox):
             return None
         self._ensure_ticker()
         return self._future
+
+    def is_vision_model(self) -> bool:
+        """Is the selected model a vision model (an alias with an ``mmproj``)?"""
+        name = self.model.value or config.settings.vision_model or ""
+        return bool(config.settings.models.get(name, {}).get("mmproj"))
+
+    def uploaded_images(self) -> list:
+        """The images in the upload box, as ``llm_magic.images.Image`` (bad files raise a clear error)."""
+        from .images import load_image
+
+        return [load_image(bytes(f["content"])) for f in self.image.value]
+
+    def _update_image_input(self) -> None:
+        with self._lock:
+            self.image.layout.display = "" if self.is_vision_model() else "none"
 
     def stop(self) -> None:
         """What the Stop button does: the generation ends within one token, ``cancelled``."""

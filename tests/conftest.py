@@ -17,6 +17,11 @@ import llm_magic  # noqa: E402
 from llm_magic import config  # noqa: E402
 
 
+# A long trained context: with the default n_ctx (4096) a generation can run ~4000 tokens, many
+# seconds even on a quiet machine, so a 1-3 s timeout really fires (at 2048 it sometimes finished).
+LONG_CTX = 32768
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
@@ -25,17 +30,17 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(model_dir) -> str:
     """A real llama GGUF (random weights): loads in ~10 ms, streams hundreds of tokens/s."""
-    return str(write_tiny_model(model_dir / "tiny.gguf"))
+    return str(write_tiny_model(model_dir / "tiny.gguf", n_ctx_train=LONG_CTX))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_b(model_dir) -> str:
-    return str(write_tiny_model(model_dir / "tiny-b.gguf", seed=1))
+    return str(write_tiny_model(model_dir / "tiny-b.gguf", seed=1, n_ctx_train=LONG_CTX))
 
 
 @pytest.fixture(scope="session")
 def chat_model(model_dir) -> str:
-    return str(write_tiny_model(model_dir / "tiny-chat.gguf", chat_template=CHATML_TEMPLATE))
+    return str(write_tiny_model(model_dir / "tiny-chat.gguf", chat_template=CHATML_TEMPLATE, n_ctx_train=LONG_CTX))
 
 
 @pytest.fixture(scope="session")

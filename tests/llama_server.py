@@ -23,7 +23,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", alias,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--verbose", "False"]
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "8192", "--verbose", "False"]
         if api_key:
             cmd += ["--api_key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

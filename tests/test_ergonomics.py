@@ -321,7 +321,7 @@ def test_alias_commands(ip, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("%llm alias x /no/such.gguf", "model file not found"),
-    ("%llm alias x", "required"),
+    ("%llm alias x", "needs a 'path'"),
     ("%llm alias x {model} --n-cxt 5", "unrecognized arguments"),
     ("%llm alias x {model} --n-ctx -5", "n_ctx must be positive"),
 ])

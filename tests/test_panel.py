@@ -3,6 +3,7 @@ tiny real model: streaming, throttling, Stop, timeouts, errors, two panels, clos
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 import uuid
@@ -255,7 +256,7 @@ def test_loading_status_ticks_while_the_model_loads(use_model, monkeypatch):
     assert wait_for(lambda: "ready" in status_text(panel), timeout=10)
     seen = [v for _, v in status() if "loading (" in v]
     assert any("loading (1 s)" in v for v in seen) and any("loading (2 s)" in v for v in seen), seen
-    assert "— ready" in panel.model.options[0][0]  # the dropdown label follows
+    assert wait_for(lambda: "— ready" in panel.model.options[0][0], timeout=5)  # the dropdown label follows
     # and during an ask that has to wait for a load
     llm_magic.unload(all=True)
     n_before = len(status())
@@ -435,3 +436,30 @@ def test_panel_notebook_runs_in_a_real_kernel(tiny_model):
     assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[3].outputs)
     assert "running: True" in outputs and "length: 200 tokens" in outputs
     assert "timeout — ⏱ timed out after 2 s — partial answer" in outputs
+
+
+# ---- vision (issue 6) -----------------------------------------------------------------------------
+
+def test_panel_offers_an_image_upload_for_vision_models(tmp_path, tiny_model):
+    from tiny_vision_gguf import png_bytes, write_tiny_vision_pair
+
+    text, mmproj = write_tiny_vision_pair(tmp_path)
+    config.settings.models = {"vis": {"path": str(text), "mmproj": str(mmproj), "n_ctx": 512, "n_threads": 1},
+                              "plain": {"path": tiny_model}}
+    panel = make_panel(model="plain", max_tokens=4, timeout=30)
+    assert panel.image.layout.display == "none"  # a text-only model: no upload
+    panel.model.value = "vis"
+    assert panel.image.layout.display != "none"
+    png = png_bytes(20, 20)
+    panel.image.value = ({"name": "p.png", "type": "image/png", "size": len(png), "content": memoryview(png),
+                          "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    panel.ask("What is in the picture?")
+    answer = panel.wait(30)
+    assert answer.finish_reason == "length" and answer.n_tokens == 4
+    assert answer.n_prompt_tokens > 16  # the image's 16 tokens are in the prompt
+    bad = b"not an image at all"
+    panel.image.value = ({"name": "x.png", "type": "image/png", "size": len(bad), "content": memoryview(bad),
+                          "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    assert panel.ask("again") is None
+    assert "not an image" in status_text(panel)
+    panel.close()

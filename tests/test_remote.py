@@ -31,7 +31,7 @@ SECRET = "sk-test-7f3a9c1e5b"
 def server(tmp_path_factory):
     from tiny_gguf import write_tiny_model
 
-    model = str(write_tiny_model(tmp_path_factory.mktemp("srv") / "tiny.gguf"))
+    model = str(write_tiny_model(tmp_path_factory.mktemp("srv") / "tiny.gguf", n_ctx_train=32768))
     srv = Server(model)
     yield srv
     srv.stop()
@@ -138,7 +138,7 @@ def test_api_key_wrong_key_and_secrecy(ip, tmp_path_factory, monkeypatch, caplog
 def test_server_killed_mid_stream_keeps_partial_text(tmp_path_factory):
     from tiny_gguf import write_tiny_model
 
-    model = str(write_tiny_model(tmp_path_factory.mktemp("srvkill") / "tiny.gguf"))
+    model = str(write_tiny_model(tmp_path_factory.mktemp("srvkill") / "tiny.gguf", n_ctx_train=32768))
     srv = Server(model)
     try:
         config.settings.models = {"dying": {"base_url": srv.url, "model": "tiny"}}
