@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, ROOT, fmt, machine, machine_line, md_table, ok, update_readme, write_results  # noqa: E402
 
-ALL = ("cold", "memory", "stream", "conversation", "panel", "remote", "lowlevel")
+ALL = ("cold", "memory", "stream", "conversation", "panel", "remote", "vision", "lowlevel")
 
 # Rows whose bench file another engineer owns run in their own process: a failure or a global patch
 # (the panel's recording comm) cannot touch the other rows.
@@ -193,6 +193,18 @@ def main() -> int:
                              f"{d['ratio_tps']:.3f}, {d['ttft_diff_ms']:+.1f} ms", "—"))
         else:
             headline.append(("5b remote", "`%%ask -m srv` vs bare `openai` client", "not measured", "—", "—", why))
+    if "vision" in only:  # issue 6's row (bench_vision.py, the generated tiny vision pair)
+        vision, why = run_foreign("vision", None, reps=7)
+        if vision is not None:
+            update_readme("vision", vision["table"])
+            d = vision["data"]
+            from common import summary
+
+            headline.append(("6b vision", "preload of a vision pair; warm ask with one image: time to first token",
+                             f"{summary(d['preload_s'])['median']:.3f} s; {summary(d['warm_ttft_ms'])['median']:.1f} ms",
+                             f"same ask without the image: {summary(d['text_ttft_ms'])['median']:.1f} ms", "—", "—"))
+        else:
+            headline.append(("6b vision", "vision pair preload and warm ask", "not measured", "—", "—", why))
     if "lowlevel" in only:  # stretch: a prototype loop on the low-level API, not llm_magic's engine
         low, why = run_foreign("lowlevel", model, reps=5)
         if low is not None:
@@ -200,7 +212,7 @@ def main() -> int:
         else:
             print(f"lowlevel: {why}", file=sys.stderr)
 
-    order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "7"))}
+    order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "6b", "7"))}
     headline.sort(key=lambda r: order.get(r[0].split()[0], 9))
     table = header + "\n\n" + md_table(["issue row", "measure", "llm_magic median [min–max]", "baseline", "ratio",
                                         "target"], headline)
