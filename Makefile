@@ -34,6 +34,7 @@ lab: $(VENV)/.installed-default-model+test
 
 bench: $(VENV)/.installed-default-model+test+bench
 	$(PY) benchmarks/run.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(if $(BENCH_REPS),--reps $(BENCH_REPS)) $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+	$(PY) benchmarks/profile_stream.py $(if $(BENCH_MODEL),--model $(BENCH_MODEL))
 
 # long reliability runs (issue 8): soak and leak, figures into the README
 soak: $(VENV)/.installed-default-model+test+bench
