@@ -48,6 +48,7 @@ def soak(models: list[str], asks: int) -> dict:
     config.settings.max_loaded_models = 2
     samples, errors, finishes = [], [], {}
     threads_after_warmup = None
+    anon_after_warmup = float("nan")
     t0 = time.monotonic()
     for i in range(asks):
         model = models[i % len(models)]
@@ -59,8 +60,9 @@ def soak(models: list[str], asks: int) -> dict:
         loaded = sum(e.state == "ready" for e in get_cache().entries())
         if i == len(models):
             threads_after_warmup = llm_threads()
-        samples.append({"i": i, "t": time.monotonic() - t0, "rss_mb": rss_mb(), "loaded": loaded,
-                        "threads": llm_threads()})
+            anon_after_warmup = rss_anon_mb()
+        samples.append({"i": i, "t": time.monotonic() - t0, "rss_mb": rss_mb(), "anon_mb": rss_anon_mb(),
+                        "loaded": loaded, "threads": llm_threads()})
     evictions = sum(1 for e in get_cache().entries() if e.note and "evicted" in e.note)
     constructions = get_cache().constructions
     llm_magic.cleanup_models()
@@ -69,7 +71,43 @@ def soak(models: list[str], asks: int) -> dict:
             "constructions": constructions, "max_loaded_seen": max(s["loaded"] for s in samples),
             "threads_after_warmup": threads_after_warmup, "threads_max": max(s["threads"] for s in samples),
             "threads_after_cleanup": llm_threads(), "entries_evicted_at_end": evictions,
+            "anon_after_warmup_mb": anon_after_warmup, "anon_end_mb": samples[-1]["anon_mb"],
             "seconds": time.monotonic() - t0}
+
+
+def rss_anon_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rotation_baseline(models: list[str], asks: int) -> dict:
+    """The same rotation in plain llama-cpp-python (at most 2 `Llama` alive, least recently used
+    closed first): how much anonymous memory grows without llm_magic."""
+    import llama_cpp
+
+    loaded: dict = {}
+    order: list = []
+    start = None
+    for i in range(asks):
+        m = models[i % len(models)]
+        if m not in loaded:
+            if len(loaded) == 2:
+                loaded.pop(order.pop(0)).close()
+            loaded[m] = llama_cpp.Llama(model_path=m, n_ctx=4096, verbose=False)
+        if m in order:
+            order.remove(m)
+        order.append(m)
+        list(loaded[m].create_completion(f"Q: {PROMPTS[i % len(PROMPTS)]}\nA:", max_tokens=16, temperature=0,
+                                         stream=True))
+        if i == len(models):
+            start = rss_anon_mb()
+    end = rss_anon_mb()
+    for llm in loaded.values():
+        llm.close()
+    return {"anon_after_warmup_mb": start, "anon_end_mb": end}
 
 
 def leak(model: str, cycles: int) -> dict:
@@ -145,6 +183,15 @@ def main() -> int:
             shutil.copy(model, copy)
             models.append(str(copy))
         soak_data = soak(models, args.asks)
+        # the baseline in a fresh process of its own, so neither run inherits the other's heap
+        import json
+        import subprocess
+
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import soak; "
+                "print(json.dumps(soak.rotation_baseline(sys.argv[3:], int(sys.argv[2]))))")
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(args.asks),
+                              *models], capture_output=True, text=True, check=True).stdout
+        soak_data["plain_rotation"] = json.loads(out.strip().splitlines()[-1])
         leak_data = leak(model, args.cycles)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,6 +210,9 @@ def main() -> int:
         f"| soak: worker threads | {s['threads_after_warmup']} after warm-up, at most {s['threads_max']}, "
         f"{s['threads_after_cleanup']} after `cleanup_models()` |",
         f"| soak: RSS | {rss[0]:.0f} MB at the start, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end |",
+        f"| soak: anonymous memory after warm-up → end (allocator growth from rotating models) | llm_magic "
+        f"{s['anon_after_warmup_mb']:.0f} → {s['anon_end_mb']:.0f} MB; the same rotation in plain llama-cpp-python "
+        f"{s['plain_rotation']['anon_after_warmup_mb']:.0f} → {s['plain_rotation']['anon_end_mb']:.0f} MB |",
     ]
     for name, d in leak_data.items():
         lines.append(f"| leak: {args.cycles} load/ask/unload cycles, {name} | RSS {d['start_mb']:.0f} → "
