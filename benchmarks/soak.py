@@ -83,11 +83,12 @@ def rss_anon_mb() -> float:
     return float("nan")
 
 
-def rotation_baseline(models: list[str], asks: int) -> dict:
+def rotation_baseline(asks: str | int, *models: str) -> dict:
     """The same rotation in plain llama-cpp-python (at most 2 `Llama` alive, least recently used
     closed first): how much anonymous memory grows without llm_magic."""
     import llama_cpp
 
+    asks = int(asks)
     loaded: dict = {}
     order: list = []
     start = None
@@ -110,7 +111,9 @@ def rotation_baseline(models: list[str], asks: int) -> dict:
     return {"anon_after_warmup_mb": start, "anon_end_mb": end}
 
 
-def leak(model: str, cycles: int) -> dict:
+def leak_one(kind: str, model: str, cycles: str | int) -> dict:
+    """``cycles`` load/ask/unload cycles of one model, in this (fresh) process: RSS at each step."""
+    cycles = int(cycles)
     import llama_cpp
 
     import llm_magic
@@ -124,20 +127,34 @@ def leak(model: str, cycles: int) -> dict:
         list(llm.create_completion("Q: What is the capital of France?\nA:", max_tokens=8, stream=True))
         llm.close()
 
-    out = {}
-    for name, fn in (("plain llama-cpp-python", plain), ("llm_magic", ours)):
-        for _ in range(3):  # warm up allocators and caches before measuring
-            fn()
-        gc.collect()
-        start = rss_mb()
-        curve = []
-        for i in range(cycles):
-            fn()
-            curve.append(rss_mb())
-        gc.collect()
-        out[name] = {"start_mb": start, "end_mb": rss_mb(), "growth_mb": rss_mb() - start, "curve": curve}
-    llm_magic.cleanup_models()
-    return out
+    fn = ours if kind == "llm_magic" else plain
+    for _ in range(3):  # warm up allocators and caches before measuring
+        fn()
+    gc.collect()
+    start = rss_mb()
+    curve = []
+    for _ in range(cycles):
+        fn()
+        curve.append(rss_mb())
+    gc.collect()
+    return {"start_mb": start, "end_mb": rss_mb(), "growth_mb": rss_mb() - start, "curve": curve}
+
+
+def in_fresh_process(function: str, *args: str) -> dict:
+    """Run ``soak.<function>(*args)`` in a new Python process, so no run inherits another's heap."""
+    import json
+    import subprocess
+
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import soak; "
+            f"print(json.dumps(soak.{function}(*sys.argv[2:])))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), *args],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def leak(model: str, cycles: int) -> dict:
+    return {kind: in_fresh_process("leak_one", kind, model, str(cycles))
+            for kind in ("plain llama-cpp-python", "llm_magic")}
 
 
 def plot(soak_data: dict, leak_data: dict, path: Path) -> str | None:
@@ -184,14 +201,7 @@ def main() -> int:
             models.append(str(copy))
         soak_data = soak(models, args.asks)
         # the baseline in a fresh process of its own, so neither run inherits the other's heap
-        import json
-        import subprocess
-
-        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import soak; "
-                "print(json.dumps(soak.rotation_baseline(sys.argv[3:], int(sys.argv[2]))))")
-        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(args.asks),
-                              *models], capture_output=True, text=True, check=True).stdout
-        soak_data["plain_rotation"] = json.loads(out.strip().splitlines()[-1])
+        soak_data["plain_rotation"] = in_fresh_process("rotation_baseline", str(args.asks), *models)
         leak_data = leak(model, args.cycles)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
