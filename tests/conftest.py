@@ -123,3 +123,16 @@ def run(ip, cell: str, store_history: bool = False):
     with capture_output() as captured:
         result = ip.run_cell(cell, store_history=store_history)
     return result, captured.stdout + captured.stderr
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_widgets_at_the_end():
+    """Close every widget while the interpreter is still whole: otherwise their __del__ runs
+    during shutdown, after ipywidgets' registry is gone, and prints 'Exception ignored' noise."""
+    yield
+    try:
+        from ipywidgets import Widget
+
+        Widget.close_all()
+    except Exception:  # noqa: BLE001 - ipywidgets not imported or already torn down
+        pass
