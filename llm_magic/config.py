@@ -57,7 +57,6 @@ settings = Settings()
 # Options a model spec (an alias in ``models``) may carry.
 SPEC_KEYS = ("path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "use_mlock", "use_mmap", "chat",
              "mmproj", "chat_handler", "base_url", "model", "api_key_env", "endpoint")
-REMOTE_KEYS = ("base_url", "model", "api_key_env", "endpoint")
 VISION_HANDLERS = ("auto", "mtmd", "llava15", "llava16", "gemma3", "gemma4", "qwen25vl", "minicpmv26", "moondream",
                    "nanollava", "llama3-vision-alpha", "obsidian")
 

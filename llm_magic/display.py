@@ -43,11 +43,10 @@ def in_notebook(shell: Any = None) -> bool:
 class StreamDisplay:
     """Shows a growing answer. ``mode``: "notebook" (display handle) or "text" (stdout)."""
 
-    def __init__(self, mode: str = "auto", header: str | None = None,
+    def __init__(self, mode: str = "auto",
                  max_updates_per_s: float = MAX_UPDATES_PER_S, out: TextIO | None = None, markdown: bool = True):
         self.mode = ("notebook" if in_notebook() else "text") if mode == "auto" else mode
         self.markdown = markdown
-        self.header = header
         self.interval = 1.0 / max_updates_per_s
         self.out = out
         self.text = ""

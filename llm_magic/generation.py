@@ -531,9 +531,6 @@ def shutdown(timeout: float = 2.0) -> None:
         pool.shutdown(timeout=timeout)
 
 
-def threads() -> list[threading.Thread]:
-    with _pool_lock:
-        return _pool.threads() if _pool is not None else []
 
 
 def stop_all(reason: str = "cancelled") -> None:

@@ -19,16 +19,13 @@ from typing import Any, Callable, Iterator
 
 from .. import default_model
 from ..config import ModelSpec
+from ..conversation import QA_STOP, chat_messages, qa_text, raw_text
 from ..errors import ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
 
 log = logging.getLogger("llm_magic")
 native_log = logging.getLogger("llm_magic.llama_cpp")
 
-# Completion prompt for models without a chat template (e.g. base Gemma 3 270M).
-QA_TEMPLATE = "Q: {prompt}\nA:"
-QA_STOP = ["\nQ:"]
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
 
 _llama_cpp = None
 _setup_lock = threading.Lock()
@@ -311,24 +308,19 @@ class LocalModel:
             from ..errors import ConfigError
 
             raise ConfigError(f"{self.spec.display_name} is a text-only model: it cannot take images")
-        messages = [{"role": "system", "content": system}] if system else []
         turns = list(conversation.turns) if conversation is not None else []
-        for t in turns:
-            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
         parts = [{"type": "text", "text": prompt}]
         parts += [{"type": "image_url", "image_url": {"url": image.data_uri()}} for image in images]
-        messages.append({"role": "user", "content": parts})
+        messages = chat_messages(turns, prompt, system, content=parts)
         return Prepared(tokens=[], stop=[], mode="vision", text=prompt, turns_used=len(turns), system=system,
                         messages=messages)
 
     def _render(self, mode: str, turns: list, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
         if mode == "raw":
-            return "".join(t.user + t.answer for t in turns) + prompt, [], True
+            return raw_text(turns, prompt), [], True
         if mode == "chat":
             return self._render_chat(turns, prompt, system)
-        head = f"{system.strip()}\n\n" if system else ""
-        history = "".join(f"{QA_TEMPLATE.format(prompt=t.user.strip())}{t.answer}\n" for t in turns)
-        return head + history + QA_TEMPLATE.format(prompt=prompt.strip()), list(QA_STOP), True
+        return qa_text(turns, prompt, system), list(QA_STOP), True
 
     def _render_chat(self, turns: list, prompt: str, system: str | None) -> tuple[str, list[str], bool]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -337,10 +329,7 @@ class LocalModel:
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
         eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
         bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
-        messages = [{"role": "system", "content": system}] if system else []
-        for t in turns:
-            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
-        messages.append({"role": "user", "content": prompt})
+        messages = chat_messages(turns, prompt, system)
         formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=eos, bos_token=bos)
         result = formatter(messages=messages)
         stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])

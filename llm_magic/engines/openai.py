@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 from ..config import ModelSpec
 from ..errors import LLMMagicError, ModelLoadError
-from .llama import QA_STOP, QA_TEMPLATE, StreamStats
+from ..conversation import QA_STOP, chat_messages, qa_text, raw_text
+from .llama import StreamStats
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -130,19 +131,14 @@ class RemoteModel:
             system = conversation.system
         turns = list(conversation.turns) if conversation is not None else []
         if raw:
-            text = "".join(t.user + t.answer for t in turns) + prompt
+            text = raw_text(turns, prompt)
             return RemotePrepared("raw", prompt=text, turns_used=len(turns), system=system, text=text)
         if self.spec.endpoint == "completions":
-            head = f"{system.strip()}\n\n" if system else ""
-            history = "".join(f"{QA_TEMPLATE.format(prompt=t.user.strip())}{t.answer}\n" for t in turns)
-            text = head + history + QA_TEMPLATE.format(prompt=prompt.strip())
+            text = qa_text(turns, prompt, system)
             return RemotePrepared("completion", prompt=text, stop=list(QA_STOP), turns_used=len(turns),
                                   system=system, text=text)
-        messages = [{"role": "system", "content": system}] if system else []
-        for t in turns:
-            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
-        messages.append({"role": "user", "content": prompt})
-        return RemotePrepared("chat", messages=messages, turns_used=len(turns), system=system)
+        return RemotePrepared("chat", messages=chat_messages(turns, prompt, system), turns_used=len(turns),
+                              system=system)
 
     # ---- generation -----------------------------------------------------------------------
 
