@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Two commands do everything on a fresh machine: `make demo` and `make test` (`make lint` for the linters).
 # The venv is reused; llama-cpp-python (built from source, ~5 min) is only rebuilt when pip
 # cannot reuse it: installs are stamped and rerun only when pyproject.toml changes.
 
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lab bench soak install clean-venv
+.PHONY: demo test lint format lab bench soak install clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,7 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 	touch $@
 
 comma := ,
+LINT_PATHS := llm_magic tests benchmarks notebooks
 
 install: $(VENV)/.installed-default-model+test+browser
 
@@ -29,7 +30,20 @@ demo: $(VENV)/.installed-default-model+test
 test: $(VENV)/.installed-default-model+test+browser
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
-lab: $(VENV)/.installed-default-model+test
+# ruff (lint + format) and mypy, configured in pyproject.toml; all three run, and any failure fails
+lint: $(VENV)/.installed-dev
+	@status=0; \
+	echo "$(VENV)/bin/ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	echo "$(VENV)/bin/ruff format --check $(LINT_PATHS)"; $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "$(VENV)/bin/mypy llm_magic"; $(VENV)/bin/mypy llm_magic || status=1; \
+	exit $$status
+
+# rewrite the code as `make lint` wants it (safe fixes only)
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+lab: $(VENV)/.installed-default-model+lab
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(VENV)/.installed-default-model+test+bench

@@ -17,7 +17,6 @@ answer text arrived on iopub, counted from sending the cell.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from common import Kernel, fmt, interleaved, md_table, ok, ratio, summary, threads_for
@@ -47,8 +46,7 @@ def _ask(k: Kernel, var: str) -> dict[str, Any]:
 
 
 def _configure(k: Kernel, model: str, preload: bool) -> None:
-    k.execute(f"%config AskMagics.model = {model!r}\n"
-              f"%config AskMagics.preload = {[model] if preload else []!r}")
+    k.execute(f"%config AskMagics.model = {model!r}\n%config AskMagics.preload = {[model] if preload else []!r}")
 
 
 LOAD_EXT = """
@@ -56,21 +54,21 @@ import time, json
 _t0 = time.perf_counter()
 get_ipython().run_line_magic('load_ext', 'llm_magic')
 _load_ext_s = time.perf_counter() - _t0
-from llm_magic.cache import get_cache
-_e = get_cache().entries()
+from llm_magic.runtime import get as _runtime
+_e = _runtime().cache.entries()
 print(json.dumps({'load_ext_s': _load_ext_s, 'state': _e[0].state if _e else None}))
 """
 
-TRIVIAL = "_state = __import__('llm_magic.cache').cache.get_cache().entries()[0].state"
+TRIVIAL = "_state = __import__('llm_magic.runtime').runtime.get().cache.entries()[0].state"
 
 WAIT_READY = """
 import time, json
-from llm_magic.cache import get_cache
-_e = get_cache().entries()[0]
+from llm_magic.runtime import get as _runtime
+_e = _runtime().cache.entries()[0]
 while _e.state == 'loading':
     time.sleep(0.005)
 print(json.dumps({'state': _e.state, 'load_s': _e.load_s, 'mlock': getattr(_e.model, 'mlock', None),
-                  'constructions': get_cache().constructions}))
+                  'constructions': _runtime().cache.constructions}))
 """
 
 PER_CALL = """
@@ -93,9 +91,9 @@ print(json.dumps({{'construction_s': _t1 - _t0, 'ttft_s': _first - _t0 if _first
 
 
 def _n_ctx(model: str) -> int:
-    from llm_magic import config
+    import llm_magic
 
-    return min(config.settings.n_ctx, 4096)
+    return min(llm_magic.current_settings().n_ctx, 4096)
 
 
 def run_cold(model: str) -> dict[str, Any]:
@@ -119,13 +117,19 @@ def run_preload(model: str) -> dict[str, Any]:
         state_during = k.value("print(__import__('json').dumps(_state))")
         info = k.value(WAIT_READY)
         first = _ask(k, "_a1")
-    return {"load_ext": load_ext, "trivial_cell_s": trivial["t_idle"] - trivial["t_sent"],
-            "state_during_trivial": state_during, "first": first, **info}
+    return {
+        "load_ext": load_ext,
+        "trivial_cell_s": trivial["t_idle"] - trivial["t_sent"],
+        "state_during_trivial": state_during,
+        "first": first,
+        **info,
+    }
 
 
 def run_per_call(model: str) -> dict[str, Any]:
-    code = PER_CALL.format(model=model, n_ctx=_n_ctx(model), threads=threads_for(model),
-                           prompt=f"Q: {QUESTION}\nA:", max_tokens=MAX_TOKENS)
+    code = PER_CALL.format(
+        model=model, n_ctx=_n_ctx(model), threads=threads_for(model), prompt=f"Q: {QUESTION}\nA:", max_tokens=MAX_TOKENS
+    )
     with Kernel() as k:
         first = k.value(code)
         second = k.value(code)
@@ -155,40 +159,107 @@ def run(model: str, reps: int = 5) -> tuple[dict[str, Any], str]:
     client_pre = S(p, lambda r: r["first"]["client_first_text_s"])
     constructions = sorted({r["constructions"] for r in c})
     mlock = sorted({str(r["mlock"]) for r in c + p})
-    same = len({r["first"]["text"] for r in c} | {r["second"]["text"] for r in c} | {r["first"]["text"] for r in p}) == 1
+    same = (
+        len({r["first"]["text"] for r in c} | {r["second"]["text"] for r in c} | {r["first"]["text"] for r in p}) == 1
+    )
     rows = [
-        ("1st `%%ask`, fresh kernel: model construction (`load_wait_s`)", fmt(cold_wait1, " s"),
-         f"new `Llama` per call, 1st: {fmt(pc_con1, ' s')}", f"{ratio(cold_wait1, pc_con1):.2f}×", "—", "—"),
-        ("1st `%%ask`, fresh kernel: time to first token", fmt(cold_ttft1, " s"),
-         f"new `Llama` per call, 1st: {fmt(pc_ttft1, ' s')}", f"{ratio(cold_ttft1, pc_ttft1):.2f}×", "—", "—"),
-        ("2nd `%%ask`: model construction", fmt(cold_wait2, " s", 4),
-         f"new `Llama` per call, 2nd: {fmt(pc_con2, ' s')}", f"{ratio(cold_wait2, pc_con2):.4f}×",
-         f"≈ 0 s, 1 model built (built: {constructions})", ok(cold_wait2["max"] < 0.01 and constructions == [1])),
-        ("2nd `%%ask`: time to first token", fmt(cold_ttft2, " s"),
-         f"new `Llama` per call, 2nd: {fmt(pc_ttft2, ' s')}", f"{ratio(cold_ttft2, pc_ttft2):.3f}×", "—", "—"),
-        ("`%load_ext llm_magic` with a preload configured", fmt(load_ext, " s"),
-         f"the model load itself: {fmt(load_s, ' s')}", f"{ratio(load_ext, load_s):.2f}× of a load", "≤ 0.2 s",
-         ok(load_ext["n"] > 0 and load_ext["max"] <= 0.2)),
-        (f"trivial cell while the model loads (client round trip; model state then: {', '.join(during)})",
-         fmt(trivial, " ms", 1), f"same cell, idle kernel: {fmt(idle, ' ms', 1)}", f"{ratio(trivial, idle):.2f}×",
-         "≤ 50 ms", ok(trivial["n"] > 0 and trivial["max"] <= 50)),
-        ("1st `%%ask` after the preload finished: time to first token", fmt(pre_first, " s"),
-         f"without any preload: {fmt(cold_ttft1, ' s')}", f"{ratio(pre_first, cold_ttft1):.3f}×", "—", "—"),
-        ("… the same seen by the client (cell sent → first answer text on iopub)", fmt(client_pre, " s"),
-         f"without any preload: {fmt(client_cold, ' s')}", f"{ratio(client_pre, client_cold):.3f}×", "—", "—"),
+        (
+            "1st `%%ask`, fresh kernel: model construction (`load_wait_s`)",
+            fmt(cold_wait1, " s"),
+            f"new `Llama` per call, 1st: {fmt(pc_con1, ' s')}",
+            f"{ratio(cold_wait1, pc_con1):.2f}×",
+            "—",
+            "—",
+        ),
+        (
+            "1st `%%ask`, fresh kernel: time to first token",
+            fmt(cold_ttft1, " s"),
+            f"new `Llama` per call, 1st: {fmt(pc_ttft1, ' s')}",
+            f"{ratio(cold_ttft1, pc_ttft1):.2f}×",
+            "—",
+            "—",
+        ),
+        (
+            "2nd `%%ask`: model construction",
+            fmt(cold_wait2, " s", 4),
+            f"new `Llama` per call, 2nd: {fmt(pc_con2, ' s')}",
+            f"{ratio(cold_wait2, pc_con2):.4f}×",
+            f"≈ 0 s, 1 model built (built: {constructions})",
+            ok(cold_wait2["max"] < 0.01 and constructions == [1]),
+        ),
+        (
+            "2nd `%%ask`: time to first token",
+            fmt(cold_ttft2, " s"),
+            f"new `Llama` per call, 2nd: {fmt(pc_ttft2, ' s')}",
+            f"{ratio(cold_ttft2, pc_ttft2):.3f}×",
+            "—",
+            "—",
+        ),
+        (
+            "`%load_ext llm_magic` with a preload configured",
+            fmt(load_ext, " s"),
+            f"the model load itself: {fmt(load_s, ' s')}",
+            f"{ratio(load_ext, load_s):.2f}× of a load",
+            "≤ 0.2 s",
+            ok(load_ext["n"] > 0 and load_ext["max"] <= 0.2),
+        ),
+        (
+            f"trivial cell while the model loads (client round trip; model state then: {', '.join(during)})",
+            fmt(trivial, " ms", 1),
+            f"same cell, idle kernel: {fmt(idle, ' ms', 1)}",
+            f"{ratio(trivial, idle):.2f}×",
+            "≤ 50 ms",
+            ok(trivial["n"] > 0 and trivial["max"] <= 50),
+        ),
+        (
+            "1st `%%ask` after the preload finished: time to first token",
+            fmt(pre_first, " s"),
+            f"without any preload: {fmt(cold_ttft1, ' s')}",
+            f"{ratio(pre_first, cold_ttft1):.3f}×",
+            "—",
+            "—",
+        ),
+        (
+            "… the same seen by the client (cell sent → first answer text on iopub)",
+            fmt(client_pre, " s"),
+            f"without any preload: {fmt(client_cold, ' s')}",
+            f"{ratio(client_pre, client_cold):.3f}×",
+            "—",
+            "—",
+        ),
     ]
     table = md_table(["measure", "llm_magic median [min–max]", "baseline", "ratio", "target", "result"], rows)
-    table += (f"\n\n{reps} repetitions, each in 3 fresh kernels interleaved (no preload / new `Llama` per call / "
-              f"preload); {MAX_TOKENS} greedy tokens of `Q: {QUESTION}`. Times to first token count from the "
-              f"start of the request, construction included. mlock: {', '.join(mlock)} (the per-call baseline "
-              f"uses none). Identical answers in every llm_magic kernel: {same}.")
+    table += (
+        f"\n\n{reps} repetitions, each in 3 fresh kernels interleaved (no preload / new `Llama` per call / "
+        f"preload); {MAX_TOKENS} greedy tokens of `Q: {QUESTION}`. Times to first token count from the "
+        f"start of the request, construction included. mlock: {', '.join(mlock)} (the per-call baseline "
+        f"uses none). Identical answers in every llm_magic kernel: {same}."
+    )
     headline = [
-        ("1 cold/warm", "2nd `%%ask`: time to first token", fmt(cold_ttft2, " s"),
-         f"new `Llama` per call: {fmt(pc_ttft2, ' s')}", f"{ratio(cold_ttft2, pc_ttft2):.3f}×", "—"),
-        ("2 preload", "`%load_ext` wall time", fmt(load_ext, " s"), f"model load: {fmt(load_s, ' s')}",
-         f"{ratio(load_ext, load_s):.2f}×", ok(load_ext["n"] > 0 and load_ext["max"] <= 0.2) + " (≤ 0.2 s)"),
-        ("2 preload", "1st `%%ask` after preload: time to first token", fmt(pre_first, " s"),
-         f"no preload: {fmt(cold_ttft1, ' s')}", f"{ratio(pre_first, cold_ttft1):.3f}×", "—"),
+        (
+            "1 cold/warm",
+            "2nd `%%ask`: time to first token",
+            fmt(cold_ttft2, " s"),
+            f"new `Llama` per call: {fmt(pc_ttft2, ' s')}",
+            f"{ratio(cold_ttft2, pc_ttft2):.3f}×",
+            "—",
+        ),
+        (
+            "2 preload",
+            "`%load_ext` wall time",
+            fmt(load_ext, " s"),
+            f"model load: {fmt(load_s, ' s')}",
+            f"{ratio(load_ext, load_s):.2f}×",
+            ok(load_ext["n"] > 0 and load_ext["max"] <= 0.2) + " (≤ 0.2 s)",
+        ),
+        (
+            "2 preload",
+            "1st `%%ask` after preload: time to first token",
+            fmt(pre_first, " s"),
+            f"no preload: {fmt(cold_ttft1, ' s')}",
+            f"{ratio(pre_first, cold_ttft1):.3f}×",
+            "—",
+        ),
     ]
     data = {"reps": reps, "results": results, "headline": headline}
     return data, table

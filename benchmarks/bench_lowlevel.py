@@ -16,12 +16,13 @@ import codecs
 import ctypes
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, interleaved, machine_line, md_table, ok, ratio, summary, threads_for  # noqa: E402
+from common import fmt, interleaved, machine_line, md_table, ok, ratio, summary, threads_for
 
 PROMPT = "Once upon a time, a small robot who had never seen a painting"
 STOP = "THE END"
@@ -86,7 +87,6 @@ def _timed(pieces: Iterator[str], n_tokens_fn) -> dict[str, Any]:
 
 def run(model: str, reps: int = 7, max_tokens: int = 128) -> tuple[dict[str, Any], str]:
     import llama_cpp as lc
-
     from bench_stream import llama_bench
     from llama_bench_build import build
 
@@ -101,8 +101,15 @@ def run(model: str, reps: int = 7, max_tokens: int = 128) -> tuple[dict[str, Any
 
     def binding():
         llm.reset()
-        out = _timed((c["choices"][0]["text"] for c in llm.create_completion(
-            tokens, max_tokens=max_tokens, stream=True, temperature=0, top_k=1, stop=[STOP])), count)
+        out = _timed(
+            (
+                c["choices"][0]["text"]
+                for c in llm.create_completion(
+                    tokens, max_tokens=max_tokens, stream=True, temperature=0, top_k=1, stop=[STOP]
+                )
+            ),
+            count,
+        )
         return out
 
     def bench():
@@ -116,22 +123,48 @@ def run(model: str, reps: int = 7, max_tokens: int = 128) -> tuple[dict[str, Any
     llm.close()
     S = {k: summary(r["tokens_per_s"] for r in v if r.get("tokens_per_s")) for k, v in results.items()}
     same = results["fast"][0]["text"] == results["binding"][0]["text"]
-    rows = [("low-level loop (native greedy sampler, incremental detokenize, stop check)", fmt(S["fast"], "", 1),
-             f"`create_completion(stream=True)`: {fmt(S['binding'], '', 1)}", f"{ratio(S['fast'], S['binding']):.3f}",
-             "—", "—")]
+    rows = [
+        (
+            "low-level loop (native greedy sampler, incremental detokenize, stop check)",
+            fmt(S["fast"], "", 1),
+            f"`create_completion(stream=True)`: {fmt(S['binding'], '', 1)}",
+            f"{ratio(S['fast'], S['binding']):.3f}",
+            "—",
+            "—",
+        )
+    ]
     if binary:
         r_tg = ratio(S["fast"], S["llama_bench"])
-        rows.append(("low-level loop vs `llama-bench` tg", fmt(S["fast"], "", 1), fmt(S["llama_bench"], "", 1),
-                     f"{r_tg:.3f}", "≥ 0.95", ok(r_tg >= 0.95)))
-        rows.append(("`create_completion(stream=True)` vs `llama-bench` tg", fmt(S["binding"], "", 1),
-                     fmt(S["llama_bench"], "", 1), f"{ratio(S['binding'], S['llama_bench']):.3f}", "—", "—"))
+        rows.append(
+            (
+                "low-level loop vs `llama-bench` tg",
+                fmt(S["fast"], "", 1),
+                fmt(S["llama_bench"], "", 1),
+                f"{r_tg:.3f}",
+                "≥ 0.95",
+                ok(r_tg >= 0.95),
+            )
+        )
+        rows.append(
+            (
+                "`create_completion(stream=True)` vs `llama-bench` tg",
+                fmt(S["binding"], "", 1),
+                fmt(S["llama_bench"], "", 1),
+                f"{ratio(S['binding'], S['llama_bench']):.3f}",
+                "—",
+                "—",
+            )
+        )
     else:
         rows.append(("low-level loop vs `llama-bench` tg", "not measured", "—", "—", "≥ 0.95", f"skipped: {why}"))
-    table = md_table(["prototype (not in llm_magic)", "tokens/s median [min–max]", "baseline", "ratio", "target",
-                      "result"], rows)
-    table += (f"\n\n{reps} interleaved repetitions, {max_tokens} greedy tokens from a fresh context, {threads} "
-              f"threads, one process; same text from both loops: {same} "
-              f"(generated {results['fast'][0]['n_tokens']} / {results['binding'][0]['n_tokens']} tokens).")
+    table = md_table(
+        ["prototype (not in llm_magic)", "tokens/s median [min–max]", "baseline", "ratio", "target", "result"], rows
+    )
+    table += (
+        f"\n\n{reps} interleaved repetitions, {max_tokens} greedy tokens from a fresh context, {threads} "
+        f"threads, one process; same text from both loops: {same} "
+        f"(generated {results['fast'][0]['n_tokens']} / {results['binding'][0]['n_tokens']} tokens)."
+    )
     return {"reps": reps, "max_tokens": max_tokens, "results": results, "same_text": same}, table
 
 

@@ -12,16 +12,14 @@ its PSS (shared pages count half), show the sharing.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 from common import ROOT, fmt, interleaved, md_table, ratio, run_json, summary
 
-PROBE = r'''
+PROBE = r"""
 import gc, json, os, sys, time
 def mem():
     out = {}
@@ -38,18 +36,20 @@ def mem():
     except OSError:
         pass
     return out
-'''
+"""
 
-OURS = PROBE + r'''
+OURS = (
+    PROBE
+    + r"""
 model, mode = sys.argv[1], sys.argv[2]
 if mode == "cold":
     fd = os.open(model, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 import llama_cpp, llm_magic  # both imported before the baseline, as in the plain process
-from llm_magic.cache import get_cache
+from llm_magic.runtime import get as _runtime
 before = mem()
 t0 = time.perf_counter()
 a = llm_magic.ask("What is the capital of France?", model=model, max_tokens=8, temperature=0)
-entry = get_cache().entries()[0]
+entry = _runtime().cache.entries()[0]
 info = entry.info()
 loaded = mem()
 llm_magic.unload(all=True)
@@ -57,9 +57,12 @@ gc.collect()
 unloaded = mem()
 print(json.dumps({"before": before, "loaded": loaded, "unloaded": unloaded, "load_s": entry.load_s,
                   "mlock": info.get("mlock")}))
-'''
+"""
+)
 
-PLAIN = PROBE + r'''
+PLAIN = (
+    PROBE
+    + r"""
 model, threads = sys.argv[1], int(sys.argv[2])
 import llama_cpp
 before = mem()
@@ -72,19 +75,26 @@ llm.close(); del llm
 gc.collect()
 unloaded = mem()
 print(json.dumps({"before": before, "loaded": loaded, "unloaded": unloaded, "load_s": load_s}))
-'''
+"""
+)
 
-HOLDER = r'''
+HOLDER = r"""
 import sys, llm_magic
 llm_magic.ask("hi", model=sys.argv[1], max_tokens=1)
 print("ready", flush=True)
 sys.stdin.readline()
-'''
+"""
 
 
 def _holder(model: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, model],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
     line = proc.stdout.readline()
     if "ready" not in line:
         proc.kill()
@@ -115,38 +125,79 @@ def run(model: str, reps: int = 5) -> tuple[dict[str, Any], str]:
     S = lambda rows, f: summary(f(r) for r in rows)  # noqa: E731
     d = lambda r, k, m: r[k][m] - r["before"][m]  # noqa: E731
     size_mb = os.path.getsize(model) / 2**20
-    o_l, p_l = S(results["ours"], lambda r: d(r, "loaded", "VmRSS")), S(results["plain"], lambda r: d(r, "loaded", "VmRSS"))
+    o_l, p_l = (
+        S(results["ours"], lambda r: d(r, "loaded", "VmRSS")),
+        S(results["plain"], lambda r: d(r, "loaded", "VmRSS")),
+    )
     o_lf = S(results["ours"], lambda r: d(r, "loaded", "RssFile"))
     o_la = S(results["ours"], lambda r: d(r, "loaded", "RssAnon"))
     p_lf = S(results["plain"], lambda r: d(r, "loaded", "RssFile"))
     p_la = S(results["plain"], lambda r: d(r, "loaded", "RssAnon"))
-    o_u, p_u = S(results["ours"], lambda r: d(r, "unloaded", "VmRSS")), S(results["plain"], lambda r: d(r, "unloaded", "VmRSS"))
+    o_u, p_u = (
+        S(results["ours"], lambda r: d(r, "unloaded", "VmRSS")),
+        S(results["plain"], lambda r: d(r, "unloaded", "VmRSS")),
+    )
     c_t, s_t = S(results["cold"], lambda r: r["load_s"]), S(results["second"], lambda r: r["load_s"])
-    c_p, s_p = S(results["cold"], lambda r: d(r, "loaded", "Pss")), S(results["second"], lambda r: d(r, "loaded", "Pss"))
+    c_p, s_p = (
+        S(results["cold"], lambda r: d(r, "loaded", "Pss")),
+        S(results["second"], lambda r: d(r, "loaded", "Pss")),
+    )
     rows = [
-        ("RSS growth after loading + one answer (mmap)", fmt(o_l, " MB", 0), f"plain `Llama`: {fmt(p_l, ' MB', 0)}",
-         f"{ratio(o_l, p_l):.2f}×"),
-        ("… of which file-backed (mapped model pages) / anonymous", f"{fmt(o_lf, ' MB', 0)} / {fmt(o_la, ' MB', 0)}",
-         f"{fmt(p_lf, ' MB', 0)} / {fmt(p_la, ' MB', 0)}", f"{ratio(o_lf, p_lf):.2f}× / {ratio(o_la, p_la):.2f}×"),
-        ("RSS growth left after unloading (`llm_magic.unload` / `Llama.close()`)", fmt(o_u, " MB", 0),
-         f"plain `Llama`: {fmt(p_u, ' MB', 0)}", f"{ratio(o_u, p_u):.2f}×"),
-        ("load time, second process while another holds the same model", fmt(s_t, " s"),
-         f"file evicted from the page cache first: {fmt(c_t, ' s')}", f"{ratio(s_t, c_t):.2f}×"),
-        ("PSS growth of that second process (shared pages count half)", fmt(s_p, " MB", 0),
-         f"alone: {fmt(c_p, ' MB', 0)}", f"{ratio(s_p, c_p):.2f}×"),
+        (
+            "RSS growth after loading + one answer (mmap)",
+            fmt(o_l, " MB", 0),
+            f"plain `Llama`: {fmt(p_l, ' MB', 0)}",
+            f"{ratio(o_l, p_l):.2f}×",
+        ),
+        (
+            "… of which file-backed (mapped model pages) / anonymous",
+            f"{fmt(o_lf, ' MB', 0)} / {fmt(o_la, ' MB', 0)}",
+            f"{fmt(p_lf, ' MB', 0)} / {fmt(p_la, ' MB', 0)}",
+            f"{ratio(o_lf, p_lf):.2f}× / {ratio(o_la, p_la):.2f}×",
+        ),
+        (
+            "RSS growth left after unloading (`llm_magic.unload` / `Llama.close()`)",
+            fmt(o_u, " MB", 0),
+            f"plain `Llama`: {fmt(p_u, ' MB', 0)}",
+            f"{ratio(o_u, p_u):.2f}×",
+        ),
+        (
+            "load time, second process while another holds the same model",
+            fmt(s_t, " s"),
+            f"file evicted from the page cache first: {fmt(c_t, ' s')}",
+            f"{ratio(s_t, c_t):.2f}×",
+        ),
+        (
+            "PSS growth of that second process (shared pages count half)",
+            fmt(s_p, " MB", 0),
+            f"alone: {fmt(c_p, ' MB', 0)}",
+            f"{ratio(s_p, c_p):.2f}×",
+        ),
     ]
     mlock = sorted({str(r.get("mlock")) for r in results["ours"] + results["cold"] + results["second"]})
     table = md_table(["measure", "llm_magic median [min–max]", "baseline", "ratio"], rows)
-    table += (f"\n\nModel file {size_mb:.0f} MB. Fresh process per measurement, {reps} interleaved repetitions; "
-              f"growth over the process before loading (Python and the libraries already imported). "
-              f"llm_magic mlock: {', '.join(mlock)}; plain `Llama` without mlock.")
+    table += (
+        f"\n\nModel file {size_mb:.0f} MB. Fresh process per measurement, {reps} interleaved repetitions; "
+        f"growth over the process before loading (Python and the libraries already imported). "
+        f"llm_magic mlock: {', '.join(mlock)}; plain `Llama` without mlock."
+    )
     headline = [
-        ("6 memory", "RSS growth after load / after unload", f"{fmt(o_l, ' MB', 0)} / {fmt(o_u, ' MB', 0)}",
-         f"plain `Llama`: {fmt(p_l, ' MB', 0)} / {fmt(p_u, ' MB', 0)}", f"{ratio(o_l, p_l):.2f}× / {ratio(o_u, p_u):.2f}×",
-         "—"),
-        ("6 memory", "second process: load time / PSS growth", f"{fmt(s_t, ' s')} / {fmt(s_p, ' MB', 0)}",
-         f"alone, page cache evicted: {fmt(c_t, ' s')} / {fmt(c_p, ' MB', 0)}",
-         f"{ratio(s_t, c_t):.2f}× / {ratio(s_p, c_p):.2f}×", "—"),
+        (
+            "6 memory",
+            "RSS growth after load / after unload",
+            f"{fmt(o_l, ' MB', 0)} / {fmt(o_u, ' MB', 0)}",
+            f"plain `Llama`: {fmt(p_l, ' MB', 0)} / {fmt(p_u, ' MB', 0)}",
+            f"{ratio(o_l, p_l):.2f}× / {ratio(o_u, p_u):.2f}×",
+            "—",
+        ),
+        (
+            "6 memory",
+            "second process: load time / PSS growth",
+            f"{fmt(s_t, ' s')} / {fmt(s_p, ' MB', 0)}",
+            f"alone, page cache evicted: {fmt(c_t, ' s')} / {fmt(c_p, ' MB', 0)}",
+            f"{ratio(s_t, c_t):.2f}× / {ratio(s_p, c_p):.2f}×",
+            "—",
+        ),
     ]
     return {"reps": reps, "model_mb": size_mb, "results": results, "headline": headline}, table
 

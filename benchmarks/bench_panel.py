@@ -28,7 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import fmt, machine, summary  # noqa: E402
+import itertools
+
+from common import fmt, machine, summary
 
 PROMPT = "What is the capital of France?"
 LONG_PROMPT = "Write a long story about a lighthouse keeper."
@@ -57,8 +59,11 @@ class RecordingComm:
 
     def values(self) -> list[tuple[float, str]]:
         with self._lock:
-            return [(t, d["state"]["value"]) for t, d in self.sent
-                    if d and d.get("method") == "update" and "value" in d.get("state", {})]
+            return [
+                (t, d["state"]["value"])
+                for t, d in self.sent
+                if d and d.get("method") == "update" and "value" in d.get("state", {})
+            ]
 
 
 def _install_recording_comm():
@@ -79,8 +84,13 @@ def _panel_first_token(panel, prompt: str, max_tokens: int) -> dict[str, Any]:
     click_s = time.perf_counter() - t0
     answer = panel.wait(120)
     shown = next((t for t, v in values()[n0:] if v), None)  # the first non-empty answer update
-    return {"click_to_shown_s": shown - t0 if shown else None, "click_returns_s": click_s,
-            "ttft_s": answer.ttft_s, "text": answer.text, "finish": answer.finish_reason}
+    return {
+        "click_to_shown_s": shown - t0 if shown else None,
+        "click_returns_s": click_s,
+        "ttft_s": answer.ttft_s,
+        "text": answer.text,
+        "finish": answer.finish_reason,
+    }
 
 
 def _ask_first_token(llm_magic, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -96,7 +106,7 @@ def _ask_first_token(llm_magic, model: str, prompt: str, max_tokens: int) -> dic
 
 def bench_first_token(model: str, reps: int, max_tokens: int = 16) -> dict[str, Any]:
     import llm_magic
-    from llm_magic.panel import AskPanel
+    from llm_magic.ask_panel import AskPanel
 
     llm_magic.preload(model)
     llm_magic.ask("warm up", model=model, max_tokens=4, temperature=0, timeout=120)
@@ -112,13 +122,14 @@ def bench_first_token(model: str, reps: int, max_tokens: int = 16) -> dict[str, 
                     base.append(_ask_first_token(llm_magic, model, PROMPT, max_tokens))
     finally:
         panel.close()
-    same = all(o["text"] == b["text"] for o, b in zip(ours, base))
+    same = all(o["text"] == b["text"] for o, b in zip(ours, base, strict=False))
     return {"reps": reps, "max_tokens": max_tokens, "panel": ours, "ask": base, "same_text": same}
 
 
 def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, Any]:
     import llm_magic
-    from llm_magic.panel import AskPanel
+    from llm_magic.ask_panel import AskPanel
+    from llm_magic.rendering import answer_html
 
     llm_magic.preload(model)
     llm_magic.ask("warm up", model=model, max_tokens=4, temperature=0, timeout=120)
@@ -141,12 +152,21 @@ def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, An
                 sent = comm.values()[n0:]
                 times = [t for t, _ in sent]
                 stream_s = (times[-1] - times[0]) if len(times) > 1 else elapsed
-                gaps = [b - a for a, b in zip(times, times[1:])]
-                runs.append({"updates": len(sent), "elapsed_s": elapsed, "updates_per_s": len(sent) / elapsed,
-                             "max_in_any_1s": max(sum(1 for u in times if t <= u < t + 1.0) for t in times),
-                             "min_gap_s": min(gaps) if gaps else None, "stream_s": stream_s,
-                             "tps": answer.tokens_per_s, "n_tokens": answer.n_tokens,
-                             "final_complete": bool(answer.text) and sent[-1][1] == panel._final_html(answer)})
+                gaps = [b - a for a, b in itertools.pairwise(times)]
+                runs.append(
+                    {
+                        "updates": len(sent),
+                        "elapsed_s": elapsed,
+                        "updates_per_s": len(sent) / elapsed,
+                        "max_in_any_1s": max(sum(1 for u in times if t <= u < t + 1.0) for t in times),
+                        "min_gap_s": min(gaps) if gaps else None,
+                        "stream_s": stream_s,
+                        "tps": answer.tokens_per_s,
+                        "n_tokens": answer.n_tokens,
+                        "final_complete": bool(answer.text)
+                        and sent[-1][1] == answer_html(answer.text, answer.marker()),
+                    }
+                )
     finally:
         panel.close()
     return {"reps": reps, "max_tokens": max_tokens, "panel": runs, "ask": asks}
@@ -154,6 +174,7 @@ def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, An
 
 def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
     import llm_magic
+
     from tiny_gguf import write_tiny_model
 
     reps = max(5, reps)
@@ -174,32 +195,79 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
         base = summary(r["first_s"] * 1000 for r in b["ask"])
         click = summary(r["click_returns_s"] * 1000 for r in b["panel"])
         diff = shown["median"] - base["median"]
-        rows.append((f"click Ask → first token sent to the front end ({label})", fmt(shown, " ms", 1),
-                     f"`llm_magic.ask` first token: {fmt(base, ' ms', 1)}", f"{diff:+.1f} ms",
-                     "≤ +33 ms (one update interval)", "✅ met" if diff <= 33 else "❌ missed"))
-        rows.append((f"`ask_button.click()` returns ({label})", fmt(click, " ms", 2), "—", "—", "at once", "✅ met"
-                     if click["max"] < 50 else "❌ missed"))
+        rows.append(
+            (
+                f"click Ask → first token sent to the front end ({label})",
+                fmt(shown, " ms", 1),
+                f"`llm_magic.ask` first token: {fmt(base, ' ms', 1)}",
+                f"{diff:+.1f} ms",
+                "≤ +33 ms (one update interval)",
+                "✅ met" if diff <= 33 else "❌ missed",
+            )
+        )
+        rows.append(
+            (
+                f"`ask_button.click()` returns ({label})",
+                fmt(click, " ms", 2),
+                "—",
+                "—",
+                "at once",
+                "✅ met" if click["max"] < 50 else "❌ missed",
+            )
+        )
     u = updates["panel"]
     ups = summary(r["updates_per_s"] for r in u)
     peak = summary(r["max_in_any_1s"] for r in u)
     tps_panel, tps_ask = summary(r["tps"] for r in u), summary(r["tps"] for r in updates["ask"])
     n_upd = summary(r["updates"] for r in u)
     ratio = tps_panel["median"] / tps_ask["median"]
-    rows.append((f"answer updates/s sent while the tiny model streams {updates['max_tokens']} tokens",
-                 fmt(ups, "", 1), f"tokens/s: {fmt(tps_ask, '', 0)}", f"{fmt(n_upd, '', 0)} updates per answer",
-                 "≤ 30/s", "✅ met" if ups["max"] <= 30 else "❌ missed"))
-    rows.append(("most answer updates in any 1 s window", fmt(peak, "", 0), "—", "—", "≤ 30",
-                 "✅ met" if peak["max"] <= 30 else "❌ missed"))
-    rows.append(("tokens/s of the tiny model in the panel vs `llm_magic.ask`", fmt(tps_panel, "", 0),
-                 fmt(tps_ask, "", 0), f"{ratio:.3f}", "≥ 0.9", "✅ met" if ratio >= 0.9 else "❌ missed"))
-    table = "| measure | panel median [min–max] | baseline | diff / ratio | target | result |\n" \
-            "|---|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
-    table += (f"\n\n{reps} interleaved repetitions (A B, B A) per row, greedy, on a warm model; "
-              f"\"sent\" = the kernel hands the widget update to its comm (the browser's rendering is not "
-              f"included). Identical text panel vs ask: {first_model['same_text'] and first_tiny['same_text']}; "
-              f"final text complete in every run: {all(r['final_complete'] for r in u)}.")
-    data = {"machine": machine(), "model": model, "first_token": first_model, "first_token_tiny": first_tiny,
-            "updates": updates, "tps_ratio": ratio}
+    rows.append(
+        (
+            f"answer updates/s sent while the tiny model streams {updates['max_tokens']} tokens",
+            fmt(ups, "", 1),
+            f"tokens/s: {fmt(tps_ask, '', 0)}",
+            f"{fmt(n_upd, '', 0)} updates per answer",
+            "≤ 30/s",
+            "✅ met" if ups["max"] <= 30 else "❌ missed",
+        )
+    )
+    rows.append(
+        (
+            "most answer updates in any 1 s window",
+            fmt(peak, "", 0),
+            "—",
+            "—",
+            "≤ 30",
+            "✅ met" if peak["max"] <= 30 else "❌ missed",
+        )
+    )
+    rows.append(
+        (
+            "tokens/s of the tiny model in the panel vs `llm_magic.ask`",
+            fmt(tps_panel, "", 0),
+            fmt(tps_ask, "", 0),
+            f"{ratio:.3f}",
+            "≥ 0.9",
+            "✅ met" if ratio >= 0.9 else "❌ missed",
+        )
+    )
+    table = (
+        "| measure | panel median [min–max] | baseline | diff / ratio | target | result |\n|---|---|---|---|---|---|\n"
+    ) + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    table += (
+        f"\n\n{reps} interleaved repetitions (A B, B A) per row, greedy, on a warm model; "
+        f'"sent" = the kernel hands the widget update to its comm (the browser\'s rendering is not '
+        f"included). Identical text panel vs ask: {first_model['same_text'] and first_tiny['same_text']}; "
+        f"final text complete in every run: {all(r['final_complete'] for r in u)}."
+    )
+    data = {
+        "machine": machine(),
+        "model": model,
+        "first_token": first_model,
+        "first_token_tiny": first_tiny,
+        "updates": updates,
+        "tps_ratio": ratio,
+    }
     return data, table
 
 
@@ -218,8 +286,10 @@ def main() -> int:
     from common import write_results
 
     m = machine()
-    header = (f"Machine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
-              f"Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}. Model: `{Path(model).name}`.\n\n")
+    header = (
+        f"Machine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
+        f"Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}. Model: `{Path(model).name}`.\n\n"
+    )
     data, table = run(model, reps=args.reps)
     write_results("panel", data, header + table)
     print(header + table)

@@ -33,11 +33,12 @@ def run(model: str | None = None, reps: int = 7, max_tokens: int = 128) -> tuple
     sys.path.insert(0, str(ROOT / "tests"))
     import openai
     from IPython.core.interactiveshell import InteractiveShell
-    from llama_server import Server
-    from tiny_gguf import write_tiny_model
     from traitlets.config import Config
 
     import llm_magic
+
+    from llama_server import Server
+    from tiny_gguf import write_tiny_model
 
     tiny = str(write_tiny_model(Path(tempfile.mkdtemp()) / "tiny.gguf"))
     srv = Server(tiny)
@@ -53,8 +54,13 @@ def run(model: str | None = None, reps: int = 7, max_tokens: int = 128) -> tuple
         def bare() -> dict[str, float]:
             t0 = time.perf_counter()
             marks = []
-            for chunk in client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": PROMPT}],
-                                                        max_tokens=max_tokens, temperature=0, stream=True):
+            for chunk in client.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=max_tokens,
+                temperature=0,
+                stream=True,
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     marks.append(time.perf_counter())
             return {"ttft_ms": (marks[0] - t0) * 1000, "tps": (len(marks) - 1) / (marks[-1] - marks[0])}
@@ -70,7 +76,7 @@ def run(model: str | None = None, reps: int = 7, max_tokens: int = 128) -> tuple
 
         results: dict[str, list] = {"bare": [], "ours": []}
         for i in range(reps):
-            for fn in ((bare, ours) if i % 2 == 0 else (ours, bare)):
+            for fn in (bare, ours) if i % 2 == 0 else (ours, bare):
                 results[fn.__name__].append(fn())
         shell.run_line_magic("unload_ext", "llm_magic")
     finally:
@@ -78,11 +84,13 @@ def run(model: str | None = None, reps: int = 7, max_tokens: int = 128) -> tuple
     s = {k: {m: summary(r[m] for r in v) for m in ("ttft_ms", "tps")} for k, v in results.items()}
     ratio = s["ours"]["tps"]["median"] / s["bare"]["tps"]["median"]
     diff = s["ours"]["ttft_ms"]["median"] - s["bare"]["ttft_ms"]["median"]
-    table = ("| remote, tiny model on `llama_cpp.server` | `%%ask -m srv` | bare `openai` client | ratio / diff |\n"
-             "|---|---|---|---|\n"
-             f"| tokens/s | {fmt(s['ours']['tps'], '', 0)} | {fmt(s['bare']['tps'], '', 0)} | {ratio:.3f} |\n"
-             f"| time to first token | {fmt(s['ours']['ttft_ms'], ' ms', 1)} | {fmt(s['bare']['ttft_ms'], ' ms', 1)} | "
-             f"{diff:+.1f} ms |\n\n{reps} interleaved repetitions, {max_tokens} tokens each.")
+    table = (
+        "| remote, tiny model on `llama_cpp.server` | `%%ask -m srv` | bare `openai` client | ratio / diff |\n"
+        "|---|---|---|---|\n"
+        f"| tokens/s | {fmt(s['ours']['tps'], '', 0)} | {fmt(s['bare']['tps'], '', 0)} | {ratio:.3f} |\n"
+        f"| time to first token | {fmt(s['ours']['ttft_ms'], ' ms', 1)} | {fmt(s['bare']['ttft_ms'], ' ms', 1)} | "
+        f"{diff:+.1f} ms |\n\n{reps} interleaved repetitions, {max_tokens} tokens each."
+    )
     return {"reps": reps, "results": results, "ratio_tps": ratio, "ttft_diff_ms": diff}, table
 
 

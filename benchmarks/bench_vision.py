@@ -17,16 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(model: str | None = None, reps: int = 7) -> tuple[dict[str, Any], str]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_vision_gguf import png_bytes, write_tiny_vision_pair
-
     import llm_magic
-    from llm_magic import config
+
+    from tiny_vision_gguf import png_bytes, write_tiny_vision_pair
 
     d = Path(tempfile.mkdtemp(prefix="llm_magic_vision_"))
     text, mmproj = write_tiny_vision_pair(d)
     image = d / "picture.png"
     image.write_bytes(png_bytes(64, 48))
-    config.settings.models = {"vis": {"path": str(text), "mmproj": str(mmproj), "n_ctx": 512, "n_threads": 1}}
+    llm_magic.current_settings().models = {
+        "vis": {"path": str(text), "mmproj": str(mmproj), "n_ctx": 512, "n_threads": 1}
+    }
     preload, warm, text_only = [], [], []
     for _ in range(reps):
         llm_magic.cleanup_models()
@@ -40,14 +41,16 @@ def run(model: str | None = None, reps: int = 7) -> tuple[dict[str, Any], str]:
             out.append(a.ttft_s * 1000)
     llm_magic.cleanup_models()
     s_pre, s_warm, s_text = summary(preload), summary(warm), summary(text_only)
-    table = ("| vision (generated tiny pair: 32 px CLIP + MLP projector, 16 image tokens) | median [min–max] |\n"
-             "|---|---|\n"
-             f"| preload of the pair (one cache entry, projector loaded eagerly) | {fmt(s_pre, ' s', 3)} |\n"
-             f"| warm ask with one image: time to first token | {fmt(s_warm, ' ms', 1)} |\n"
-             f"| the same ask without the image (baseline) | {fmt(s_text, ' ms', 1)} |\n\n"
-             f"{reps} repetitions. The image adds {s_warm['median'] - s_text['median']:.1f} ms (encoding + "
-             "16 image tokens); the chat handler clears the KV cache on every vision call, so a warm vision ask "
-             "re-reads its whole prompt.")
+    table = (
+        "| vision (generated tiny pair: 32 px CLIP + MLP projector, 16 image tokens) | median [min–max] |\n"
+        "|---|---|\n"
+        f"| preload of the pair (one cache entry, projector loaded eagerly) | {fmt(s_pre, ' s', 3)} |\n"
+        f"| warm ask with one image: time to first token | {fmt(s_warm, ' ms', 1)} |\n"
+        f"| the same ask without the image (baseline) | {fmt(s_text, ' ms', 1)} |\n\n"
+        f"{reps} repetitions. The image adds {s_warm['median'] - s_text['median']:.1f} ms (encoding + "
+        "16 image tokens); the chat handler clears the KV cache on every vision call, so a warm vision ask "
+        "re-reads its whole prompt."
+    )
     return {"preload_s": preload, "warm_ttft_ms": warm, "text_ttft_ms": text_only}, table
 
 

@@ -8,10 +8,11 @@ import platform
 import re
 import statistics
 import subprocess
-import time
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,18 +45,25 @@ def machine() -> dict[str, Any]:
         from importlib.metadata import version
 
         lcp = version("llama-cpp-python")
-    except Exception:
+    except ImportError:
         lcp = "?"
-    from llm_magic.config import physical_cores
+    from llm_magic.specs import physical_cores
 
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
-            "python": platform.python_version(), "llama_cpp_python": lcp, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "python": platform.python_version(),
+        "llama_cpp_python": lcp,
+        "platform": platform.platform(),
+    }
 
 
 def run_json(code: str, *args: str, timeout: float = 600) -> dict[str, Any]:
     """Run ``code`` in a fresh Python process; it prints one JSON object as its last line."""
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -80,6 +88,7 @@ def update_readme(name: str, table: str) -> None:
 
 # ---- shared by the new rows ----------------------------------------------------------------------
 
+
 def ok(met: bool) -> str:
     return "✅ met" if met else "❌ missed"
 
@@ -100,22 +109,24 @@ def md_table(header: list[str], rows: list[tuple]) -> str:
 def interleaved(reps: int, *sides):
     """Yield (rep, side) in A B C, C B A, A B C … order: no side always gets the first/warm slot."""
     for i in range(reps):
-        for side in (sides if i % 2 == 0 else tuple(reversed(sides))):
+        for side in sides if i % 2 == 0 else tuple(reversed(sides)):
             yield i, side
 
 
 def threads_for(model: str) -> int:
     """The threads llm_magic uses for this model by default (all physical cores)."""
-    from llm_magic.config import physical_cores
+    from llm_magic.specs import physical_cores
 
     return physical_cores()
 
 
 def machine_line(model: str) -> str:
     m = machine()
-    return (f"Machine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
-            f"Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}. Model: `{Path(model).name}`; "
-            f"{threads_for(model)} threads.")
+    return (
+        f"Machine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
+        f"Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}. Model: `{Path(model).name}`; "
+        f"{threads_for(model)} threads."
+    )
 
 
 class Kernel:
@@ -125,9 +136,9 @@ class Kernel:
     and the client-side send/reply times; ``value`` runs code whose last stdout line is JSON."""
 
     def __init__(self, env: dict[str, str] | None = None, startup_timeout: float = 60):
-        from jupyter_client import KernelManager
-
         import tempfile
+
+        from jupyter_client import KernelManager
 
         self._sockets = tempfile.TemporaryDirectory(prefix="llm_magic-bench-")
         # unix sockets at an absolute path (no TCP, no "running over TCP" warning)
@@ -149,7 +160,7 @@ class Kernel:
         while True:  # drop leftovers of earlier requests
             try:
                 kc.get_iopub_msg(timeout=0.01)
-            except Exception:
+            except Exception:  # noqa: BLE001 - queue.Empty, or any leftover error: the queue is drained
                 break
         t_sent = time.perf_counter()
         msg_id = kc.execute(code, store_history=False)
@@ -172,7 +183,9 @@ class Kernel:
         t_idle = msgs[-1][0]
         if reply["content"]["status"] != "ok":
             c = reply["content"]
-            raise RuntimeError(f"kernel error {c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", []))[-2000:])
+            raise RuntimeError(
+                f"kernel error {c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", []))[-2000:]
+            )
         return {"reply": reply["content"], "msgs": msgs, "t_sent": t_sent, "t_idle": t_idle}
 
     def value(self, code: str, timeout: float = 300) -> Any:
@@ -190,7 +203,7 @@ class Kernel:
             self.km.shutdown_kernel(now=True)
             self._sockets.cleanup()
 
-    def __enter__(self) -> "Kernel":
+    def __enter__(self) -> Kernel:
         return self
 
     def __exit__(self, *exc) -> None:

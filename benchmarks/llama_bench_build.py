@@ -33,7 +33,8 @@ def binary_path(version: str | None = None) -> Path:
 
 def missing_tools() -> list[str]:
     return [t for t in ("cmake",) if shutil.which(t) is None] + (
-        [] if (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")) else ["a C++ compiler"])
+        [] if (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")) else ["a C++ compiler"]
+    )
 
 
 def build(log=print) -> tuple[Path | None, str]:
@@ -51,8 +52,22 @@ def build(log=print) -> tuple[Path | None, str]:
     tarballs = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz")) if sdist_dir.exists() else []
     if not tarballs:
         log(f"downloading the llama-cpp-python {version} sdist …")
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               f"llama-cpp-python=={version}", "-d", str(sdist_dir)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(sdist_dir),
+            ],
+            capture_output=True,
+            text=True,
+        )
         tarballs = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz")) if sdist_dir.exists() else []
         if proc.returncode != 0 or not tarballs:
             return None, f"cannot download the llama-cpp-python {version} sdist: {proc.stderr.strip()[-300:]}"
@@ -68,10 +83,24 @@ def build(log=print) -> tuple[Path | None, str]:
     logfile = root / "build.log"
     log(f"building llama-bench from {vendor} (one time, a few minutes; log: {logfile}) …")
     with open(logfile, "w") as out:
-        for cmd in (["cmake", "-S", str(vendor), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                     "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DBUILD_SHARED_LIBS=OFF"],
-                    ["cmake", "--build", str(build_dir), "--target", "llama-bench", "-j", jobs]):
+        for cmd in (
+            [
+                "cmake",
+                "-S",
+                str(vendor),
+                "-B",
+                str(build_dir),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DGGML_NATIVE=ON",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_SERVER=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+                "-DLLAMA_BUILD_TOOLS=ON",
+                "-DBUILD_SHARED_LIBS=OFF",
+            ],
+            ["cmake", "--build", str(build_dir), "--target", "llama-bench", "-j", jobs],
+        ):
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
                 return None, f"llama-bench build failed ({' '.join(cmd[:3])} …): see {logfile}"

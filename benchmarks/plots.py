@@ -34,9 +34,11 @@ def _strip(ax, groups: dict[str, list[float]], ylabel: str, log: bool = False) -
 def tokens_per_s(stream: dict[str, Any], out: Path) -> Path:
     plt = _plt()
     s = stream["streaming"]
-    groups = {"%%ask\n(kernel)": [r["tokens_per_s"] for r in s["ours"] if r.get("tokens_per_s")],
-              "direct create_completion\n(same kernel)": [r["tokens_per_s"] for r in s["direct"] if r.get("tokens_per_s")],
-              f"llama-bench\ntg{s['max_tokens']}": [r["avg_ts"] for r in s["llama_bench_tg"]]}
+    groups = {
+        "%%ask\n(kernel)": [r["tokens_per_s"] for r in s["ours"] if r.get("tokens_per_s")],
+        "direct create_completion\n(same kernel)": [r["tokens_per_s"] for r in s["direct"] if r.get("tokens_per_s")],
+        f"llama-bench\ntg{s['max_tokens']}": [r["avg_ts"] for r in s["llama_bench_tg"]],
+    }
     fig, ax = plt.subplots(figsize=(7, 4))
     _strip(ax, groups, "tokens/s (higher is better)")
     ax.set_title(f"Generation speed, {s['reps']} interleaved repetitions")
@@ -96,10 +98,14 @@ def memory(mem: dict[str, Any], out: Path) -> Path:
 
 def updates(stream: dict[str, Any], panel: dict[str, Any] | None, out: Path) -> Path:
     plt = _plt()
-    groups = {"%%ask, model\n(128 tokens)": [r["client"]["updates_per_s"] for r in stream["streaming"]["ours"]
-                                             if r["client"]["updates_per_s"]],
-              "%%ask, tiny model\nfull speed": [r["client"]["updates_per_s"] for r in stream["updates_ask"]["runs"]
-                                                if r["client"]["updates_per_s"]]}
+    groups = {
+        "%%ask, model\n(128 tokens)": [
+            r["client"]["updates_per_s"] for r in stream["streaming"]["ours"] if r["client"]["updates_per_s"]
+        ],
+        "%%ask, tiny model\nfull speed": [
+            r["client"]["updates_per_s"] for r in stream["updates_ask"]["runs"] if r["client"]["updates_per_s"]
+        ],
+    }
     if panel:
         groups["panel, tiny model\nfull speed"] = [r["updates_per_s"] for r in panel["updates"]["panel"]]
     fig, ax = plt.subplots(figsize=(7, 4))

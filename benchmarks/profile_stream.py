@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, machine_line, update_readme  # noqa: E402
+from common import RESULTS, machine_line, update_readme
 
 WORKLOAD = """
 import llm_magic, sys
@@ -57,8 +57,26 @@ def main() -> int:
         print("py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
         return 1
     raw = Path(tempfile.mkdtemp()) / "profile.raw"
-    subprocess.run([spy, "record", "--native", "--format", "raw", "-r", "200", "-o", str(raw), "--",
-                    sys.executable, "-c", WORKLOAD, model], check=True, capture_output=True)
+    subprocess.run(
+        [
+            spy,
+            "record",
+            "--native",
+            "--format",
+            "raw",
+            "-r",
+            "200",
+            "-o",
+            str(raw),
+            "--",
+            sys.executable,
+            "-c",
+            WORKLOAD,
+            model,
+        ],
+        check=True,
+        capture_output=True,
+    )
     total, inclusive, ours_only = 0, Counter(), 0
     for line in raw.read_text().splitlines():
         if not line.strip():
@@ -75,15 +93,18 @@ def main() -> int:
         # a sample whose innermost Python frame is ours (not inside llama_cpp or native code)
         py = [f for f in frames if ".py:" in f]
         if py and "llm_magic/" in py[-1]:
-            deeper = frames[frames.index(py[-1]) + 1:]
+            deeper = frames[frames.index(py[-1]) + 1 :]
             if not any(("llama" in f or "ggml" in f) for f in deeper):
                 ours_only += n
     rows = []
     for label, names in GROUPS:
         count = ours_only if not names else sum(inclusive[n] for n in names)
         rows.append(f"| {label} | {count / total * 100:.1f}% |")
-    table = (machine_line(model) + f"\n\n| where the CPU samples go ({total} samples, all threads) | share |\n|---|---|\n"
-             + "\n".join(rows))
+    table = (
+        machine_line(model)
+        + f"\n\n| where the CPU samples go ({total} samples, all threads) | share |\n|---|---|\n"
+        + "\n".join(rows)
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "profile.md").write_text(table + "\n")
     update_readme("profile", table)

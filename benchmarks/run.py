@@ -28,7 +28,7 @@ ALL = ("cold", "memory", "stream", "conversation", "panel", "remote", "vision", 
 
 # Rows whose bench file another engineer owns run in their own process: a failure or a global patch
 # (the panel's recording comm) cannot touch the other rows.
-FOREIGN = r'''
+FOREIGN = r"""
 import json, sys
 sys.path.insert(0, "benchmarks")
 import importlib
@@ -38,9 +38,9 @@ data, table = importlib.import_module("bench_" + name).run(None if model == "-" 
 table = machine_line(model) + "\n\n" + table if model != "-" else table
 write_results(name, data, table)
 print(json.dumps({"table": table, "data": data}, default=str))
-'''
+"""
 
-PANEL = r'''
+PANEL = r"""
 import json, sys
 sys.path.insert(0, "benchmarks")
 import bench_panel
@@ -52,15 +52,16 @@ u = data["updates"]["panel"]
 print(json.dumps({"table": table, "updates_per_s": [r["updates_per_s"] for r in u],
                   "max_in_any_1s": [r["max_in_any_1s"] for r in u], "tps": [r["tps"] for r in u],
                   "updates": data["updates"]}, default=str))
-'''
+"""
 
 
 def run_panel(model: str, reps: int) -> tuple[dict | None, str]:
     """bench_panel.py belongs to the panel's engineer: run its ``run(model, reps)`` in its own process."""
     if not (HERE / "bench_panel.py").exists():
         return None, "pending: benchmarks/bench_panel.py does not exist yet"
-    proc = subprocess.run([sys.executable, "-c", PANEL, model, str(reps)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-c", PANEL, model, str(reps)], capture_output=True, text=True, cwd=ROOT, timeout=1200
+    )
     if proc.returncode != 0:
         return None, f"bench_panel.run failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), ""
@@ -69,8 +70,13 @@ def run_panel(model: str, reps: int) -> tuple[dict | None, str]:
 def run_foreign(name: str, model: str | None, reps: int, timeout: float = 1200) -> tuple[dict | None, str]:
     if not (HERE / f"bench_{name}.py").exists():
         return None, f"pending: benchmarks/bench_{name}.py does not exist yet"
-    proc = subprocess.run([sys.executable, "-c", FOREIGN, name, model or "-", str(reps)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", FOREIGN, name, model or "-", str(reps)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         return None, f"bench_{name}.run failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), ""
@@ -82,8 +88,14 @@ def conversation_headline(data: dict) -> tuple:
     r = data["results"]
     a = summary(x["ttft_ms"] for x in r["reuse"])
     b = summary(x["ttft_ms"] for x in r["no_reuse"])
-    return ("5 conversation", "turn 2 time to first token, prefix reuse vs none", fmt(a, " ms", 1), fmt(b, " ms", 1),
-            f"{data['ttft_ratio']:.2f}×", "—")
+    return (
+        "5 conversation",
+        "turn 2 time to first token, prefix reuse vs none",
+        fmt(a, " ms", 1),
+        fmt(b, " ms", 1),
+        f"{data['ttft_ratio']:.2f}×",
+        "—",
+    )
 
 
 def panel_headline(panel: dict | None, why: str) -> tuple:
@@ -93,8 +105,14 @@ def panel_headline(panel: dict | None, why: str) -> tuple:
         return ("7 updates", "panel updates/s, tiny model at full speed", "not measured", "—", "—", why)
     ups = summary(panel["updates_per_s"])
     tps = summary(panel["tps"])
-    return ("7 updates", "panel updates/s, tiny model at full speed", fmt(ups, "/s", 1), fmt(tps, " tokens/s", 0), "—",
-            ok(ups["n"] > 0 and ups["max"] <= 30) + " (≤ 30/s)")
+    return (
+        "7 updates",
+        "panel updates/s, tiny model at full speed",
+        fmt(ups, "/s", 1),
+        fmt(tps, " tokens/s", 0),
+        "—",
+        ok(ups["n"] > 0 and ups["max"] <= 30) + " (≤ 30/s)",
+    )
 
 
 def main() -> int:
@@ -120,8 +138,12 @@ def main() -> int:
     import llama_bench_build
 
     built: dict = {}
-    builder = threading.Thread(target=lambda: built.update(zip(("path", "why"), llama_bench_build.build(
-        log=lambda s: print(s, file=sys.stderr)))), daemon=True)
+    builder = threading.Thread(
+        target=lambda: built.update(
+            zip(("path", "why"), llama_bench_build.build(log=lambda s: print(s, file=sys.stderr)), strict=False)
+        ),
+        daemon=True,
+    )
     if "stream" in only:
         builder.start()
 
@@ -141,7 +163,7 @@ def main() -> int:
     def try_plot(name: str, fn, *a) -> None:
         try:
             plots[name] = str(fn(*a, RESULTS / f"{name}.png").relative_to(ROOT))
-        except Exception as e:  # a missing plot must not lose the numbers
+        except Exception as e:  # noqa: BLE001 - a missing plot must not lose the numbers
             print(f"plot {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     cold = mem = stream = None
@@ -189,8 +211,16 @@ def main() -> int:
         if remote is not None:
             update_readme("remote", remote["table"])
             d = remote["data"]
-            headline.append(("5b remote", "`%%ask -m srv` vs bare `openai` client: tokens/s ratio, TTFT diff", "—", "—",
-                             f"{d['ratio_tps']:.3f}, {d['ttft_diff_ms']:+.1f} ms", "—"))
+            headline.append(
+                (
+                    "5b remote",
+                    "`%%ask -m srv` vs bare `openai` client: tokens/s ratio, TTFT diff",
+                    "—",
+                    "—",
+                    f"{d['ratio_tps']:.3f}, {d['ttft_diff_ms']:+.1f} ms",
+                    "—",
+                )
+            )
         else:
             headline.append(("5b remote", "`%%ask -m srv` vs bare `openai` client", "not measured", "—", "—", why))
     if "vision" in only:  # issue 6's row (bench_vision.py, the generated tiny vision pair)
@@ -200,9 +230,16 @@ def main() -> int:
             d = vision["data"]
             from common import summary
 
-            headline.append(("6b vision", "preload of a vision pair; warm ask with one image: time to first token",
-                             f"{summary(d['preload_s'])['median']:.3f} s; {summary(d['warm_ttft_ms'])['median']:.1f} ms",
-                             f"same ask without the image: {summary(d['text_ttft_ms'])['median']:.1f} ms", "—", "—"))
+            headline.append(
+                (
+                    "6b vision",
+                    "preload of a vision pair; warm ask with one image: time to first token",
+                    f"{summary(d['preload_s'])['median']:.3f} s; {summary(d['warm_ttft_ms'])['median']:.1f} ms",
+                    f"same ask without the image: {summary(d['text_ttft_ms'])['median']:.1f} ms",
+                    "—",
+                    "—",
+                )
+            )
         else:
             headline.append(("6b vision", "vision pair preload and warm ask", "not measured", "—", "—", why))
     if "lowlevel" in only:  # stretch: a prototype loop on the low-level API, not llm_magic's engine
@@ -214,10 +251,15 @@ def main() -> int:
 
     order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "6b", "7"))}
     headline.sort(key=lambda r: order.get(r[0].split()[0], 9))
-    table = header + "\n\n" + md_table(["issue row", "measure", "llm_magic median [min–max]", "baseline", "ratio",
-                                        "target"], headline)
-    table += (f"\n\nDetails: `benchmarks/results/*.md`; raw data: `*.json`; plots: "
-              f"{', '.join(f'`{p}`' for p in plots.values()) or 'none'}. Run took {time.perf_counter() - started:.0f} s.")
+    table = (
+        header
+        + "\n\n"
+        + md_table(["issue row", "measure", "llm_magic median [min–max]", "baseline", "ratio", "target"], headline)
+    )
+    table += (
+        f"\n\nDetails: `benchmarks/results/*.md`; raw data: `*.json`; plots: "
+        f"{', '.join(f'`{p}`' for p in plots.values()) or 'none'}. Run took {time.perf_counter() - started:.0f} s."
+    )
     if set(only) == set(ALL):
         write_results("summary", {"machine": machine(), "model": model, "rows": headline, "plots": plots}, table)
         update_readme("core", table)

@@ -26,10 +26,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, update_readme, write_results  # noqa: E402
+from common import RESULTS, update_readme, write_results
 
-PROMPTS = ["What is the capital of France?", "Name a large planet.", "What colour is the sky?",
-           "How many legs does a spider have?"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name a large planet.",
+    "What colour is the sky?",
+    "How many legs does a spider have?",
+]
 
 
 def rss_mb() -> float:
@@ -42,10 +46,9 @@ def llm_threads() -> int:
 
 def soak(models: list[str], asks: int) -> dict:
     import llm_magic
-    from llm_magic import config
-    from llm_magic.cache import get_cache
+    from llm_magic.runtime import get as _runtime
 
-    config.settings.max_loaded_models = 2
+    llm_magic.current_settings().max_loaded_models = 2
     samples, errors, finishes = [], [], {}
     threads_after_warmup = None
     anon_after_warmup = float("nan")
@@ -57,22 +60,40 @@ def soak(models: list[str], asks: int) -> dict:
             finishes[a.finish_reason] = finishes.get(a.finish_reason, 0) + 1
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(f"{type(e).__name__}: {e}")
-        loaded = sum(e.state == "ready" for e in get_cache().entries())
+        loaded = sum(e.state == "ready" for e in _runtime().cache.entries())
         if i == len(models):
             threads_after_warmup = llm_threads()
             anon_after_warmup = rss_anon_mb()
-        samples.append({"i": i, "t": time.monotonic() - t0, "rss_mb": rss_mb(), "anon_mb": rss_anon_mb(),
-                        "loaded": loaded, "threads": llm_threads()})
-    evictions = sum(1 for e in get_cache().entries() if e.note and "evicted" in e.note)
-    constructions = get_cache().constructions
+        samples.append(
+            {
+                "i": i,
+                "t": time.monotonic() - t0,
+                "rss_mb": rss_mb(),
+                "anon_mb": rss_anon_mb(),
+                "loaded": loaded,
+                "threads": llm_threads(),
+            }
+        )
+    evictions = sum(1 for e in _runtime().cache.entries() if e.note and "evicted" in e.note)
+    constructions = _runtime().cache.constructions
     llm_magic.cleanup_models()
-    config.settings.max_loaded_models = 0
-    return {"asks": asks, "models": len(models), "errors": errors, "finishes": finishes, "samples": samples,
-            "constructions": constructions, "max_loaded_seen": max(s["loaded"] for s in samples),
-            "threads_after_warmup": threads_after_warmup, "threads_max": max(s["threads"] for s in samples),
-            "threads_after_cleanup": llm_threads(), "entries_evicted_at_end": evictions,
-            "anon_after_warmup_mb": anon_after_warmup, "anon_end_mb": samples[-1]["anon_mb"],
-            "seconds": time.monotonic() - t0}
+    llm_magic.current_settings().max_loaded_models = 0
+    return {
+        "asks": asks,
+        "models": len(models),
+        "errors": errors,
+        "finishes": finishes,
+        "samples": samples,
+        "constructions": constructions,
+        "max_loaded_seen": max(s["loaded"] for s in samples),
+        "threads_after_warmup": threads_after_warmup,
+        "threads_max": max(s["threads"] for s in samples),
+        "threads_after_cleanup": llm_threads(),
+        "entries_evicted_at_end": evictions,
+        "anon_after_warmup_mb": anon_after_warmup,
+        "anon_end_mb": samples[-1]["anon_mb"],
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def rss_anon_mb() -> float:
@@ -101,8 +122,11 @@ def rotation_baseline(asks: str | int, *models: str) -> dict:
         if m in order:
             order.remove(m)
         order.append(m)
-        list(loaded[m].create_completion(f"Q: {PROMPTS[i % len(PROMPTS)]}\nA:", max_tokens=16, temperature=0,
-                                         stream=True))
+        list(
+            loaded[m].create_completion(
+                f"Q: {PROMPTS[i % len(PROMPTS)]}\nA:", max_tokens=16, temperature=0, stream=True
+            )
+        )
         if i == len(models):
             start = rss_anon_mb()
     end = rss_anon_mb()
@@ -145,16 +169,23 @@ def in_fresh_process(function: str, *args: str) -> dict:
     import json
     import subprocess
 
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import soak; "
-            f"print(json.dumps(soak.{function}(*sys.argv[2:])))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), *args],
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import soak; "
+        f"print(json.dumps(soak.{function}(*sys.argv[2:])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).resolve().parent), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def leak(model: str, cycles: int) -> dict:
-    return {kind: in_fresh_process("leak_one", kind, model, str(cycles))
-            for kind in ("plain llama-cpp-python", "llm_magic")}
+    return {
+        kind: in_fresh_process("leak_one", kind, model, str(cycles)) for kind in ("plain llama-cpp-python", "llm_magic")
+    }
 
 
 def plot(soak_data: dict, leak_data: dict, path: Path) -> str | None:
@@ -214,19 +245,27 @@ def main() -> int:
         "",
         "| run | result |",
         "|---|---|",
-        f"| soak: {s['asks']} asks over {s['models']} models, `max_loaded_models=2` | {len(s['errors'])} errors; "
-        f"finish reasons {s['finishes']}; at most {s['max_loaded_seen']} models loaded at once; "
-        f"{s['constructions']} model loads (evictions and reloads) in {s['seconds']:.0f} s |",
-        f"| soak: worker threads | {s['threads_after_warmup']} after warm-up, at most {s['threads_max']}, "
-        f"{s['threads_after_cleanup']} after `cleanup_models()` |",
+        (
+            f"| soak: {s['asks']} asks over {s['models']} models, `max_loaded_models=2` | {len(s['errors'])} errors; "
+            f"finish reasons {s['finishes']}; at most {s['max_loaded_seen']} models loaded at once; "
+            f"{s['constructions']} model loads (evictions and reloads) in {s['seconds']:.0f} s |"
+        ),
+        (
+            f"| soak: worker threads | {s['threads_after_warmup']} after warm-up, at most {s['threads_max']}, "
+            f"{s['threads_after_cleanup']} after `cleanup_models()` |"
+        ),
         f"| soak: RSS | {rss[0]:.0f} MB at the start, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end |",
-        f"| soak: anonymous memory after warm-up → end (allocator growth from rotating models) | llm_magic "
-        f"{s['anon_after_warmup_mb']:.0f} → {s['anon_end_mb']:.0f} MB; the same rotation in plain llama-cpp-python "
-        f"{s['plain_rotation']['anon_after_warmup_mb']:.0f} → {s['plain_rotation']['anon_end_mb']:.0f} MB |",
+        (
+            f"| soak: anonymous memory after warm-up → end (allocator growth from rotating models) | llm_magic "
+            f"{s['anon_after_warmup_mb']:.0f} → {s['anon_end_mb']:.0f} MB; the same rotation in plain llama-cpp-python "
+            f"{s['plain_rotation']['anon_after_warmup_mb']:.0f} → {s['plain_rotation']['anon_end_mb']:.0f} MB |"
+        ),
     ]
     for name, d in leak_data.items():
-        lines.append(f"| leak: {args.cycles} load/ask/unload cycles, {name} | RSS {d['start_mb']:.0f} → "
-                     f"{d['end_mb']:.0f} MB ({d['growth_mb']:+.1f} MB) |")
+        lines.append(
+            f"| leak: {args.cycles} load/ask/unload cycles, {name} | RSS {d['start_mb']:.0f} → "
+            f"{d['end_mb']:.0f} MB ({d['growth_mb']:+.1f} MB) |"
+        )
     if png:
         lines += ["", f"![soak and leak](benchmarks/results/{png})"]
     table = "\n".join(lines)

@@ -13,126 +13,28 @@ import logging
 import os
 import threading
 import time
-import weakref
-from concurrent.futures import Future
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from . import config
-from .config import ModelSpec
-from .errors import CacheClosed, LLMMagicError, ModelLoadError
+from . import settings as settings_mod
+from .cache_entry import FAILED, LOADING, READY, UNLOADED, Entry, file_id
+from .engines import load_engine
+from .engines.base import Engine
+from .errors import CacheClosed, LLMMagicError, LoadTimeout, ModelLoadError
+from .model_queue import ModelQueue
+from .specs import ModelSpec
 from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
 
-LOADING, READY, FAILED, UNLOADED = "loading", "ready", "failed", "unloaded"
-
-
-class LoadTimeout(LLMMagicError, TimeoutError):
-    """The deadline passed while the model was still loading (the load goes on in the background)."""
-
-
-_loading = threading.local()  # the abort event of the load running on this thread
-
-
-def _default_loader(spec: ModelSpec):
-    if spec.remote:
-        from .engines import openai
-
-        return openai.load(spec, abort=getattr(_loading, "abort", None))
-    from .engines import llama
-
-    return llama.load(spec, abort=getattr(_loading, "abort", None))
-
-
-def _file_id(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def budget_bytes(value: Any) -> int:
-    """``memory_budget``: bytes (int), "8GB"/"512MB", or "50%" of physical RAM; 0/""/None = none."""
-    if value in (None, "", 0):
-        return 0
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    text = str(value).strip().upper().replace(" ", "")
-    if text.endswith("%"):
-        import psutil
-
-        return int(psutil.virtual_memory().total * float(text[:-1]) / 100)
-    for unit, factor in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(float(text))
-
-
-def keep_alive_seconds(value: Any) -> float | None:
-    """``keep_alive``: seconds, or "forever"/None/negative for never."""
-    if value in (None, "") or (isinstance(value, str) and value.strip().lower() == "forever"):
-        return None
-    seconds = float(value)
-    return None if seconds < 0 else seconds
-
-
-@dataclass
-class Entry:
-    spec: ModelSpec
-    state: str = LOADING
-    size_bytes: int = 0
-    load_s: float | None = None
-    uses: int = 0
-    last_used: float | None = None  # time.time()
-    error: str | None = None
-    model: Any = None
-    future: Future | None = None
-    load_started: float = 0.0  # time.monotonic()
-    error_reported: bool = True
-    active: int = 0  # generations running or queued on this model
-    users: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # running requests (stop(), abandon())
-    abort: threading.Event = field(default_factory=threading.Event)  # set: a running load gives up
-    file_id: tuple | None = None  # (size, mtime_ns, inode) of the file when it was loaded
-    idle_since: float = 0.0  # time.monotonic() when it last became idle (for keep_alive and LRU)
-    note: str | None = None  # e.g. "evicted (LRU) at 12:01:02" or "reloaded: the file changed"
-
-    @property
-    def name(self) -> str:
-        return self.spec.display_name
-
-    def loading_for(self) -> float:
-        return time.monotonic() - self.load_started if self.state == LOADING else 0.0
-
-    def info(self) -> dict[str, Any]:
-        remote = self.spec.remote
-        return {
-            "name": self.name,
-            "path": self.spec.base_url if remote else self.spec.path,
-            "state": "remote" if remote and self.state == READY else self.state,
-            "kind": "remote" if remote else ("vision" if self.spec.mmproj else "local"),
-            "mmproj": self.spec.mmproj or None,
-            "chat_handler": getattr(self.model, "vision", None),
-            "latency_s": getattr(self.model, "latency_s", None),
-            "server_models": getattr(self.model, "available", None),
-            "size_bytes": self.size_bytes,
-            "load_s": self.load_s,
-            "uses": self.uses,
-            "last_used": self.last_used,
-            "error": self.error,
-            "note": self.note,
-            "mlock": getattr(self.model, "mlock", None),
-            "n_ctx": getattr(self.model, "n_ctx", None),
-            "n_threads": self.spec.n_threads,
-        }
+Loader = Callable[[ModelSpec, "threading.Event | None"], Engine]
 
 
 class ModelCache:
-    def __init__(self, loader: Callable[[ModelSpec], Any] | None = None, max_workers: int = 2):
-        self._loader = loader
-        self._entries: dict[tuple, Entry] = {}
+    def __init__(self, loader: Loader | None = None, max_workers: int = 2):
+        self._loader: Loader = loader or load_engine
+        self._entries: dict[tuple[Any, ...], Entry] = {}
         self._lock = threading.RLock()
         self._pool = WorkerPool("llm_magic-load", max_workers)
         self.closed = False
@@ -154,8 +56,11 @@ class ModelCache:
     def find(self, name: str) -> list[Entry]:
         """Entries whose alias, file name or path is ``name``."""
         with self._lock:
-            return [e for e in self._entries.values()
-                    if name in (e.spec.name, e.spec.path, os.path.basename(e.spec.path), e.name)]
+            return [
+                e
+                for e in self._entries.values()
+                if name in (e.spec.name, e.spec.path, os.path.basename(e.spec.path), e.name)
+            ]
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -197,8 +102,9 @@ class ModelCache:
 
         A model that is generating or has a request queued (``active``) is never picked; if only
         such models remain, the load goes ahead over the limit (and says so) rather than fail."""
-        max_models = config.settings.max_loaded_models
-        budget = budget_bytes(config.settings.memory_budget)
+        settings = settings_mod.current()
+        max_models = settings.max_loaded_models
+        budget = settings.memory_budget_bytes
         resident = [e for e in self._resident() if e is not incoming]
         idle = sorted((e for e in resident if e.state == READY and e.active == 0), key=lambda e: e.idle_since)
         victims: list[tuple[Entry, str]] = []
@@ -222,18 +128,23 @@ class ModelCache:
     def _evict(self, entry: Entry, reason: str) -> None:
         model, entry.model = entry.model, None
         entry.note = f"evicted ({reason}) at {time.strftime('%H:%M:%S')}"
-        log.warning("llm_magic: evicted %s, idle since %.0f s (%s); it reloads when needed",
-                    entry.name, time.monotonic() - entry.idle_since, reason)
-        if model is not None:
-            with model.lock:  # idle: free at once (a late waiter sees model.closed and reloads)
-                model.close()
+        log.warning(
+            "llm_magic: evicted %s, idle since %.0f s (%s); it reloads when needed",
+            entry.name,
+            time.monotonic() - entry.idle_since,
+            reason,
+        )
+        self._close_model(entry, model, timeout=10.0)
 
     def expire_idle(self, keep_alive: float) -> int:
         """Unload models idle for longer than ``keep_alive`` seconds (Ollama's keep_alive)."""
         now = time.monotonic()
         with self._lock:
-            expired = [e for e in self._entries.values()
-                       if e.state == READY and e.active == 0 and now - e.idle_since >= keep_alive]
+            expired = [
+                e
+                for e in self._entries.values()
+                if e.state == READY and e.active == 0 and now - e.idle_since >= keep_alive
+            ]
             for e in expired:
                 e.state = UNLOADED
         for e in expired:
@@ -242,7 +153,7 @@ class ModelCache:
 
     def _watch_keep_alive(self) -> None:
         while not self.closed:
-            keep = keep_alive_seconds(config.settings.keep_alive)
+            keep = settings_mod.current().keep_alive_s
             period = 5.0 if keep is None else max(0.05, min(keep / 4, 5.0))
             if self._stop_watch.wait(period):
                 return
@@ -252,9 +163,8 @@ class ModelCache:
     def _load(self, entry: Entry) -> Any:
         started = time.monotonic()
         try:
-            file_id = None if entry.spec.remote else _file_id(entry.spec.path)
-            _loading.abort = entry.abort
-            model = (self._loader or _default_loader)(entry.spec)
+            loaded_id = None if entry.spec.remote else file_id(entry.spec.path)
+            model = self._loader(entry.spec, entry.abort)
         except BaseException as exc:
             with self._lock:
                 entry.state = FAILED
@@ -271,8 +181,9 @@ class ModelCache:
                 entry.state = UNLOADED
                 raise CacheClosed(f"{entry.name} was unloaded while it loaded")
             entry.model = model
+            entry.queue = ModelQueue(model.concurrency)
             entry.state = READY
-            entry.file_id = file_id
+            entry.file_id = loaded_id
             entry.idle_since = time.monotonic()
             entry.load_s = time.monotonic() - started
             try:
@@ -295,8 +206,12 @@ class ModelCache:
             if entry is not None and entry.state == FAILED and not entry.error_reported:
                 entry.error_reported = True
                 raise ModelLoadError(entry.error)
-            if (entry is not None and entry.state == READY and entry.file_id is not None
-                    and _file_id(spec.path) != entry.file_id):
+            if (
+                entry is not None
+                and entry.state == READY
+                and entry.file_id is not None
+                and file_id(spec.path) != entry.file_id
+            ):
                 changed, entry.state = entry, UNLOADED  # replaced on disk: reload before using it
         if changed is not None:
             log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", changed.name)
@@ -305,7 +220,7 @@ class ModelCache:
         with self._lock:
             entry = self.load(spec)
             future = entry.future
-        if entry.state == READY:
+        if entry.state == READY or future is None:
             return entry
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -324,21 +239,34 @@ class ModelCache:
             raise ModelLoadError(f"loading {entry.name} failed: {type(exc).__name__}: {exc}") from exc
         return entry
 
+    def wait(self, spec: ModelSpec, deadline: float | None, should_stop: Callable[[], bool]) -> Entry | None:
+        """``get`` in short slices, so a caller's Stop and KeyboardInterrupt act during a load.
+        None if ``should_stop()`` turned true; ``LoadTimeout`` once ``deadline`` passes."""
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LoadTimeout("deadline passed while loading")
+            if should_stop():
+                return None
+            try:
+                return self.get(spec, deadline=time.monotonic() + (0.1 if remaining is None else min(0.1, remaining)))
+            except LoadTimeout:
+                continue
+
     # ---- use bookkeeping -------------------------------------------------------------------
 
-    def begin_use(self, entry: Entry, user: Any, model: Any) -> bool:
-        """Register a request on ``entry``; False if ``model`` is no longer the entry's loaded model."""
+    def begin_use(self, entry: Entry, model: Engine) -> ModelQueue | None:
+        """Count a request on ``entry`` (it is not evicted while counted) and return the model's
+        queue; None if ``model`` is no longer the entry's loaded model."""
         with self._lock:
-            if entry.state != READY or entry.model is not model:
-                return False
+            if entry.state != READY or entry.model is not model or entry.queue is None:
+                return None
             entry.active += 1
-            entry.users.add(user)
-            return True
+            return entry.queue
 
-    def end_use(self, entry: Entry, user: Any, used: bool = True) -> None:
+    def end_use(self, entry: Entry, used: bool = True) -> None:
         with self._lock:
             entry.active -= 1
-            entry.users.discard(user)
             if used:
                 entry.uses += 1
                 entry.last_used = time.time()
@@ -348,9 +276,8 @@ class ModelCache:
     # ---- unloading -------------------------------------------------------------------------
 
     def unload(self, entry: Entry, timeout: float = 10.0) -> bool:
-        """Stop generations on ``entry``, wait for its lock, close the model. True when closed."""
+        """Stop generations on ``entry``, wait until none streams, close the model. True when closed."""
         with self._lock:
-            users = list(entry.users)
             model = entry.model
             if entry.state == LOADING:
                 entry.state = UNLOADED  # the load is aborted (or the loader closes what it built)
@@ -361,27 +288,28 @@ class ModelCache:
             entry.state = UNLOADED
             entry.model = None
             self._entries.pop(entry.spec.key, None)
-        return self._close_model(entry, model, users, timeout)
+        return self._close_model(entry, model, timeout)
 
     def _retire(self, entry: Entry, timeout: float = 10.0) -> bool:
         """Close an entry's model but keep the entry (for its status line and a reload)."""
         with self._lock:
-            users, model, entry.model = list(entry.users), entry.model, None
-        return self._close_model(entry, model, users, timeout)
+            model, entry.model = entry.model, None
+        return self._close_model(entry, model, timeout)
 
-    def _close_model(self, entry: Entry, model: Any, users: list, timeout: float) -> bool:
-        _stop_users(users)
+    def _close_model(self, entry: Entry, model: Engine | None, timeout: float) -> bool:
+        queue = entry.queue
+        if queue is not None:
+            queue.stop_all()
         if model is None:
             return True
-        lock = getattr(model, "lock", None)
-        if lock is not None and not lock.acquire(timeout=timeout):
-            log.warning("llm_magic: %s is still busy; not closing it (its generation did not stop)", entry.name)
-            return False
-        try:
+        if queue is None:
             model.close()
-        finally:
-            if lock is not None:
-                lock.release()
+            return True
+        with queue.exclusive(timeout) as idle:  # a late waiter sees model.closed and reloads
+            if not idle:
+                log.warning("llm_magic: %s is still busy; not closing it (its generation did not stop)", entry.name)
+                return False
+            model.close()
         return True
 
     def close_all(self, timeout: float = 3.0) -> None:
@@ -395,7 +323,9 @@ class ModelCache:
         self._stop_watch.set()
         for entry in entries:
             entry.abort.set()  # loads in progress give up at their next progress callback
-        _stop_users([u for e in entries for u in e.users])
+        for entry in entries:
+            if entry.queue is not None:
+                entry.queue.stop_all()
         for entry in entries:
             self.unload(entry, timeout=max(0.05, deadline - time.monotonic()))
         self._pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
@@ -403,59 +333,3 @@ class ModelCache:
 
     def threads(self) -> list[threading.Thread]:
         return self._pool.threads() + ([self._watcher] if self._watcher.is_alive() else [])
-
-
-def _stop_users(users: list) -> None:
-    """Stop running requests: each ends within a token; one whose consumer is not iterating it
-    right now (a suspended stream) is closed here, so it releases its model at once."""
-    for user in users:
-        user.stop()
-    for user in users:
-        user.abandon()
-
-
-_cache: ModelCache | None = None
-_cache_lock = threading.Lock()
-
-
-def get_cache() -> ModelCache:
-    """The kernel-global cache (created on first use, and anew after ``close_cache()``)."""
-    global _cache
-    with _cache_lock:
-        if _cache is None or _cache.closed:
-            _cache = ModelCache()
-            register_atexit()
-        return _cache
-
-
-def close_cache(timeout: float = 3.0) -> None:
-    global _cache
-    with _cache_lock:
-        cache, _cache = _cache, None
-    if cache is not None:
-        cache.close_all(timeout=timeout)
-
-
-_atexit_registered = False
-_cleanup: Callable[[], None] | None = None
-
-
-def register_atexit(cleanup: Callable[[], None] | None = None) -> None:
-    """Run cleanup at interpreter exit, once per process (this module survives ``%reload_ext``).
-
-    ``cleanup`` replaces the default (closing this cache): the package passes ``cleanup_models``."""
-    global _atexit_registered, _cleanup
-    if cleanup is not None:
-        _cleanup = cleanup
-    if not _atexit_registered:
-        import atexit
-
-        atexit.register(cleanup_hook)
-        _atexit_registered = True
-
-
-def cleanup_hook() -> None:
-    try:
-        (_cleanup or close_cache)()
-    except Exception:  # never raise at interpreter exit
-        log.debug("llm_magic: cleanup at exit failed", exc_info=True)

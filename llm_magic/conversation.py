@@ -11,34 +11,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT = "default"
-
-# Completion prompt for models without a chat template (e.g. base Gemma 3 270M).
-QA_TEMPLATE = "Q: {prompt}\nA:"
-QA_STOP = ["\nQ:"]
-
-
-def raw_text(turns: list, prompt: str) -> str:
-    """``--raw``: earlier turns and the prompt, concatenated as they are."""
-    return "".join(t.user + t.answer for t in turns) + prompt
-
-
-def qa_text(turns: list, prompt: str, system: str | None) -> str:
-    """The Q/A completion prompt: an optional system line, earlier turns, then the question."""
-    head = f"{system.strip()}\n\n" if system else ""
-    history = "".join(f"{QA_TEMPLATE.format(prompt=t.user.strip())}{t.answer}\n" for t in turns)
-    return head + history + QA_TEMPLATE.format(prompt=prompt.strip())
-
-
-def chat_messages(turns: list, prompt: str, system: str | None, content: object = None) -> list[dict]:
-    """OpenAI-style messages: system, earlier turns, then the prompt (``content`` overrides its
-    content, e.g. a list of text and image parts)."""
-    messages = [{"role": "system", "content": system}] if system else []
-    for t in turns:
-        messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
-    messages.append({"role": "user", "content": prompt if content is None else content})
-    return messages
 
 
 @dataclass
@@ -51,7 +26,7 @@ class Turn:
 @dataclass
 class Conversation:
     name: str
-    model_key: tuple
+    model_key: tuple[Any, ...]
     model_name: str
     system: str | None = None
     turns: list[Turn] = field(default_factory=list)
@@ -59,8 +34,16 @@ class Conversation:
     ctx_text: str = ""  # the text those tokens stand for
     trimmed: int = 0  # turns dropped (oldest first) to fit the context
 
-    def record(self, user: str, answer: str, finish_reason: str, turns_used: int,
-               ctx_tokens: list[int] | None, ctx_text: str | None, system: str | None) -> None:
+    def record(
+        self,
+        user: str,
+        answer: str,
+        finish_reason: str,
+        turns_used: int,
+        ctx_tokens: list[int] | None,
+        ctx_text: str | None,
+        system: str | None,
+    ) -> None:
         """Add a finished (or partial) turn. ``turns_used``: how many earlier turns the prompt kept."""
         dropped = len(self.turns) - turns_used
         if dropped > 0:
@@ -74,27 +57,28 @@ class Conversation:
             self.ctx_tokens, self.ctx_text = [], ""
 
 
-_conversations: dict[tuple[tuple, str], Conversation] = {}
-_lock = threading.Lock()
+class Conversations:
+    """Every conversation of the process, by (model key, name); owned by the runtime."""
 
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[tuple[Any, ...], str], Conversation] = {}
+        self._lock = threading.Lock()
 
-def get(name: str, model_key: tuple, model_name: str) -> Conversation:
-    with _lock:
-        key = (model_key, name)
-        if key not in _conversations:
-            _conversations[key] = Conversation(name=name, model_key=model_key, model_name=model_name)
-        return _conversations[key]
+    def get(self, name: str, model_key: tuple[Any, ...], model_name: str) -> Conversation:
+        with self._lock:
+            key = (model_key, name)
+            if key not in self._by_key:
+                self._by_key[key] = Conversation(name=name, model_key=model_key, model_name=model_name)
+            return self._by_key[key]
 
+    def find(self, name: str | None = None) -> list[Conversation]:
+        with self._lock:
+            return [c for (_, n), c in self._by_key.items() if name is None or n == name]
 
-def find(name: str | None = None) -> list[Conversation]:
-    with _lock:
-        return [c for (_, n), c in _conversations.items() if name is None or n == name]
-
-
-def reset(name: str | None = None) -> int:
-    """Forget conversation ``name`` on every model (all conversations if ``None``). Returns how many."""
-    with _lock:
-        keys = [k for k in _conversations if name is None or k[1] == name]
-        for k in keys:
-            del _conversations[k]
-        return len(keys)
+    def reset(self, name: str | None = None) -> int:
+        """Forget conversation ``name`` on every model (all conversations if ``None``). Returns how many."""
+        with self._lock:
+            keys = [k for k in self._by_key if name is None or k[1] == name]
+            for k in keys:
+                del self._by_key[k]
+            return len(keys)

@@ -35,7 +35,7 @@ def path() -> Path:
     return cache_dir() / FILENAME
 
 
-def _expected_sha256(module) -> str | None:
+def _expected_sha256(module: object) -> str | None:
     for name in ("SHA256", "sha256", "EXPECTED_SHA256"):
         value = getattr(module, name, None)
         if isinstance(value, str) and len(value) == 64:

@@ -33,3 +33,7 @@ class PromptTooLong(LLMMagicError, ValueError):
 
 class CacheClosed(LLMMagicError, RuntimeError):
     """The model cache was shut down (``cleanup_models()``) while waiting."""
+
+
+class LoadTimeout(LLMMagicError, TimeoutError):
+    """The deadline passed while the model was still loading (the load goes on in the background)."""

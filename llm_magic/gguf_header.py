@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 GGUF_MAGIC = b"GGUF"
 
@@ -20,11 +21,38 @@ _STRING, _ARRAY = 8, 9
 
 # ggml tensor type id -> (elements per block, bytes per block), from ggml.c's type_traits.
 _TYPE_SIZES = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
-    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
-    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17),
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 36),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
 }
 
 
@@ -56,10 +84,16 @@ class GGUFHeader:
 
 
 def _read(f: BinaryIO, n: int) -> bytes:
+    if n > 1 << 20 and n > _remaining(f):  # a corrupt length (say 2**63) is a truncated file, not a huge read
+        raise _Truncated
     data = f.read(n)
     if len(data) != n:
         raise _Truncated
     return data
+
+
+def _remaining(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size - f.tell()
 
 
 def _unpack(f: BinaryIO, fmt: str) -> Any:
@@ -87,8 +121,9 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
     raise GGUFError(f"unknown metadata value type {vtype}")
 
 
-def read_header(path: str | os.PathLike, *, full: bool = False,
-                until: Callable[[dict[str, Any]], bool] | None = None) -> GGUFHeader:
+def read_header(
+    path: str | os.PathLike[str], *, full: bool = False, until: Callable[[dict[str, Any]], bool] | None = None
+) -> GGUFHeader:
     """Parse a GGUF header.
 
     ``until``: stop reading metadata as soon as ``until(metadata)`` is true (cheap: a few KB).
@@ -140,7 +175,7 @@ def read_header(path: str | os.PathLike, *, full: bool = False,
             raise GGUFError(f"truncated: the GGUF header stops early (file is only {size} bytes)") from None
 
 
-def diagnose(path: str | os.PathLike) -> str | None:
+def diagnose(path: str | os.PathLike[str]) -> str | None:
     """Why would llama.cpp refuse this file? ``None`` if the header looks fine."""
     try:
         header = read_header(path, full=True)

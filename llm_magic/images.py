@@ -12,8 +12,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import LLMMagicError
 
@@ -65,8 +66,12 @@ def png_from_array(array: Any) -> bytes:
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _from_object(obj: Any, source: str) -> bytes:
@@ -82,8 +87,10 @@ def _from_object(obj: Any, source: str) -> bytes:
         return buf.getvalue()
     if hasattr(obj, "__array_interface__") or type(obj).__module__.startswith("numpy"):
         return png_from_array(obj)
-    raise ImageError(f"{source} is a {type(obj).__name__}; --image takes a file path, a PIL image, a numpy "
-                     f"array (H×W×3 uint8), PNG/JPEG bytes or a matplotlib figure")
+    raise ImageError(
+        f"{source} is a {type(obj).__name__}; --image takes a file path, a PIL image, a numpy "
+        f"array (H×W×3 uint8), PNG/JPEG bytes or a matplotlib figure"
+    )
 
 
 def _fit(data: bytes, source: str, max_side: int) -> tuple[bytes, tuple[int, int] | None, str | None]:
@@ -101,7 +108,7 @@ def _fit(data: bytes, source: str, max_side: int) -> tuple[bytes, tuple[int, int
             scale = max_side / max(size)
             new = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
             buf = io.BytesIO()
-            im.convert("RGB").resize(new, PILImage.LANCZOS).save(buf, format="PNG")
+            im.convert("RGB").resize(new, PILImage.Resampling.LANCZOS).save(buf, format="PNG")
             return buf.getvalue(), new, f"{source}: downscaled from {size[0]}×{size[1]} to {new[0]}×{new[1]}"
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds
         raise ImageError(f"{source} is not a readable image ({type(e).__name__}: {e})") from None

@@ -12,8 +12,9 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 _STOP = object()
 
@@ -22,24 +23,22 @@ class WorkerPool:
     def __init__(self, name: str, max_workers: int):
         self.name = name
         self.max_workers = max_workers
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = threading.Semaphore(0)  # released by each worker that waits for work
         self._lock = threading.Lock()
         self._closed = False
         self._counter = itertools.count(1)
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"worker pool {self.name} is shut down")
             self._queue.put((future, fn, args, kwargs))
             # same policy as ThreadPoolExecutor: reuse an idle worker, else start one up to the bound
             if not self._idle.acquire(timeout=0) and len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self.name}-{next(self._counter)}", daemon=True
-                )
+                thread = threading.Thread(target=self._work, name=f"{self.name}-{next(self._counter)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
         return future

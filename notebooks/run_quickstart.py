@@ -27,7 +27,7 @@ class StreamingClient(NotebookClient):
     def __init__(self, *args, echo: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.echo = echo
-        self.updates: dict[int, int] = {}      # cell index -> update_display_data messages
+        self.updates: dict[int, int] = {}  # cell index -> update_display_data messages
         self.first_output_at: dict[int, float] = {}
         self.cell_started: dict[int, float] = {}
         self._shown: dict[str, str] = {}
@@ -55,7 +55,7 @@ class StreamingClient(NotebookClient):
             text = content.get("data", {}).get("text/plain", "").replace("▌", "")
             before = self._shown.get(display_id, "")
             if text.startswith(before):
-                self._write(text[len(before):])
+                self._write(text[len(before) :])
             else:
                 self._write("\n" + text)
             self._shown[display_id] = text
@@ -68,14 +68,16 @@ class StreamingClient(NotebookClient):
         return super().process_message(msg, cell, cell_index)
 
 
-def run(notebook: Path = HERE / "quickstart.ipynb", model: str | None = None, echo: bool = True,
-        timeout: int = 600) -> tuple[nbformat.NotebookNode, StreamingClient]:
+def run(
+    notebook: Path = HERE / "quickstart.ipynb", model: str | None = None, echo: bool = True, timeout: int = 600
+) -> tuple[nbformat.NotebookNode, StreamingClient]:
     nb = nbformat.read(notebook, as_version=4)
     env = dict(os.environ)
     if model:
         env["LLM_MAGIC_MODEL"] = str(model)
-    client = StreamingClient(nb, echo=echo, timeout=timeout, kernel_name="python3",
-                             resources={"metadata": {"path": str(notebook.parent)}})
+    client = StreamingClient(
+        nb, echo=echo, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    )
     old_env = os.environ.copy()
     os.environ.update(env)  # the kernel inherits our environment
     try:

@@ -1,21 +1,25 @@
-"""Shared fixtures: tiny real GGUF models, a real InteractiveShell, global state reset per test."""
+"""Shared fixtures: tiny real GGUF models, a fresh real InteractiveShell per test (as in jupysql:
+it re-raises cell errors), and process-wide state reset around every test."""
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_gguf import CHATML_TEMPLATE, write_corrupt_files, write_tiny_model  # noqa: E402
+import llm_magic
+from llm_magic import runtime, settings
+from llm_magic.specs import ENV_MODEL
 
-import llm_magic  # noqa: E402
-from llm_magic import config  # noqa: E402
-
+from tiny_gguf import CHATML_TEMPLATE, write_corrupt_files, write_tiny_model
 
 # A long trained context: with the default n_ctx (4096) a generation can run ~4000 tokens, many
 # seconds even on a quiet machine, so a 1-3 s timeout really fires (at 2048 it sometimes finished).
@@ -49,51 +53,86 @@ def corrupt_files(model_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch, _shell):
-    """Every test starts with no models, default settings and no default model from the env."""
-    from traitlets.config import Config
-
-    monkeypatch.delenv(config.ENV_MODEL, raising=False)
-    config.settings = config.Settings()
-    _shell.config.AskMagics = Config()  # %config lines of earlier tests don't leak
+def _fresh_state(monkeypatch):
+    """Every test starts with no models, default settings, no conversations, no last answer and
+    no default model from the env; and leaves none behind."""
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    settings.use(None)
+    runtime.get().conversations.reset()
+    runtime.get().last_answer = None
     yield
     llm_magic.cleanup_models()
-    config.settings = config.Settings()
+    settings.use(None)
+    runtime.get().conversations.reset()
+    runtime.get().last_answer = None
 
 
 @pytest.fixture
 def use_model(monkeypatch, tiny_model):
     """Make the tiny model the default model, as $LLM_MAGIC_MODEL would."""
-    monkeypatch.setenv(config.ENV_MODEL, tiny_model)
+    monkeypatch.setenv(ENV_MODEL, tiny_model)
     return tiny_model
 
 
-@pytest.fixture(scope="session")
-def _shell():
-    from IPython.core.interactiveshell import InteractiveShell
+class TestingShell(InteractiveShell):
+    """An InteractiveShell whose ``run_cell`` re-raises the cell's error (jupysql's fixture):
+    a test cannot pass over a failed cell unnoticed; expected errors are ``pytest.raises``-ed."""
+
+    def run_cell(self, *args, **kwargs):
+        result = super().run_cell(*args, **kwargs)
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            raise error
+        return result
+
+
+class _ToCurrentStderr(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is at that moment (``capture_output`` swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
+@pytest.fixture
+def shell():
+    """A fresh shell (history off), made the global instance so ``display()`` reaches it.
+
+    As in a terminal, what goes to the root logger (``%config`` reports a refused value with
+    ``logging.error``) is shown on stderr, so in the cell's output: under pytest the root logger
+    has pytest's handlers, which would otherwise keep ``logging`` from printing it."""
     from traitlets.config import Config
 
     cfg = Config()
     cfg.HistoryManager.enabled = False
-    return InteractiveShell.instance(config=cfg)
+    InteractiveShell.clear_instance()
+    TestingShell.clear_instance()
+    ip = TestingShell.instance(config=cfg)
+    shown = _ToCurrentStderr()
+    shown.setLevel(logging.WARNING)
+    shown.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    logging.getLogger().addHandler(shown)
+    try:
+        yield ip
+        if "AskMagics" in ip.magics_manager.registry:
+            ip.run_line_magic("unload_ext", "llm_magic")
+    finally:
+        logging.getLogger().removeHandler(shown)
+        TestingShell.clear_instance()
 
 
 @pytest.fixture
-def ip(_shell, use_model):
-    """A real InteractiveShell with llm_magic loaded (preloading the tiny model)."""
-    _shell.run_line_magic("load_ext", "llm_magic")
-    yield _shell
-    _shell.run_line_magic("unload_ext", "llm_magic")
-    for name in [n for n in _shell.user_ns if not n.startswith("_") and n not in ("In", "Out", "exit", "quit", "get_ipython")]:
-        _shell.user_ns.pop(name, None)
+def ip(shell, use_model):
+    """A fresh shell with llm_magic loaded (preloading the tiny model)."""
+    shell.run_line_magic("load_ext", "llm_magic")
+    return shell
 
 
 @pytest.fixture
-def ip_default(_shell):
-    """The shell with llm_magic loaded and nothing configured: the default model (Gemma 3 270M)."""
-    _shell.run_line_magic("load_ext", "llm_magic")
-    yield _shell
-    _shell.run_line_magic("unload_ext", "llm_magic")
+def ip_default(shell):
+    """A fresh shell with llm_magic loaded and nothing configured: the default model (Gemma 3 270M)."""
+    shell.run_line_magic("load_ext", "llm_magic")
+    return shell
 
 
 @pytest.fixture
@@ -117,12 +156,54 @@ def llm_threads() -> list[threading.Thread]:
 
 
 def run(ip, cell: str, store_history: bool = False):
-    """Run a cell in the shell, capturing stdout; returns (result, stdout)."""
+    """Run a cell in the shell, capturing its output; returns (result, output). A failing cell
+    raises its error (``TestingShell``)."""
     from IPython.utils.capture import capture_output
 
     with capture_output() as captured:
         result = ip.run_cell(cell, store_history=store_history)
     return result, captured.stdout + captured.stderr
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: records every message a widget sends, with its time (the
+    way ipywidgets tests itself)."""
+
+    kernel = "Truthy"  # ipywidgets only sends when the comm has a kernel
+
+    def __init__(self, *args, **kwargs):
+        self.comm_id = uuid.uuid4().hex
+        self.messages: list[tuple[float, dict]] = []
+        self.lock = threading.Lock()
+
+    def open(self, *args, **kwargs):
+        pass
+
+    def on_msg(self, *args, **kwargs):
+        pass
+
+    def send(self, data=None, buffers=None, **kwargs):
+        with self.lock:
+            self.messages.append((time.monotonic(), data))
+
+    def close(self, *args, **kwargs):
+        pass
+
+    def values(self, key: str = "value") -> list[tuple[float, object]]:
+        with self.lock:
+            return [
+                (t, d["state"][key])
+                for t, d in self.messages
+                if d and d.get("method") == "update" and key in d.get("state", {})
+            ]
+
+
+@pytest.fixture
+def recording_comm(monkeypatch):
+    """Widgets created in the test talk to ``RecordingComm``s."""
+    import comm
+
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **k: RecordingComm())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -136,3 +217,35 @@ def _close_widgets_at_the_end():
         Widget.close_all()
     except Exception:  # noqa: BLE001 - ipywidgets not imported or already torn down
         pass
+
+
+def evaluated_tokens(answer) -> list[int]:
+    """The prompt tokens the local model evaluated for ``answer`` (its latest request), read back
+    from llama.cpp's own token buffer (not from what llm_magic says it sent)."""
+    from llm_magic.engines import llama_private
+
+    [entry] = runtime.get().cache.find(answer.model)
+    llm = entry.model.llm
+    held = [int(t) for t in llama_private.input_ids(llm)[: llama_private.n_tokens(llm)]]
+    assert len(held) >= answer.n_prompt_tokens, (len(held), answer.n_prompt_tokens)
+    return held[: answer.n_prompt_tokens]
+
+
+def evaluated_prompt(answer, special: bool = False) -> str:
+    """The exact prompt text the local model evaluated for ``answer`` (BOS left out unless ``special``)."""
+    [entry] = runtime.get().cache.find(answer.model)
+    return entry.model.llm.detokenize(evaluated_tokens(answer), special=special).decode("utf-8")
+
+
+def run_error(ip, cell: str, store_history: bool = False) -> tuple[BaseException, str]:
+    """Run a cell that must fail; returns (its error, its output as the user saw it)."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as captured:
+        try:
+            ip.run_cell(cell, store_history=store_history)
+        except BaseException as exc:  # noqa: BLE001 - the cell's error is what the test looks at
+            error = exc
+        else:
+            raise AssertionError(f"the cell did not fail: {cell!r}")
+    return error, captured.stdout + captured.stderr

@@ -22,8 +22,23 @@ class Server:
     def __init__(self, model: str, alias: str = "tiny", api_key: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", alias,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "8192", "--verbose", "False"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model,
+            "--model_alias",
+            alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            "8192",
+            "--verbose",
+            "False",
+        ]
         if api_key:
             cmd += ["--api_key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -32,11 +47,12 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
             try:
-                req = urllib.request.Request(f"{self.url}/models",
-                                             headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+                req = urllib.request.Request(
+                    f"{self.url}/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
+                )
                 urllib.request.urlopen(req, timeout=1).read()
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001 - not listening yet, or not ready: try again
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("server did not start in 60 s")

@@ -1,4 +1,4 @@
-"""%%ask, %ask and %llm in a real InteractiveShell with the tiny model."""
+"""llm_magic.ipython.magics: %%ask and %ask in a real shell with the tiny model."""
 
 from __future__ import annotations
 
@@ -11,243 +11,515 @@ from IPython.core.error import UsageError
 
 import llm_magic
 from llm_magic import cache as cache_mod
-from llm_magic import config
-from llm_magic.display import StreamDisplay, safe_markdown
-from llm_magic.magics import split_options
+from llm_magic import conversation, runtime
+from llm_magic.specs import ENV_MODEL
 
-from conftest import llm_threads, run
+from conftest import evaluated_prompt, evaluated_tokens, llm_threads, run, run_error
+
+
+def conversations():
+    return runtime.get().conversations
+
+
+# ---- streaming into the cell, -o ---------------------------------------------------------------
 
 
 def test_cell_magic_streams_and_stores_answer(ip):
     result, out = run(ip, "%%ask -n 20 --temperature 0 -o ans\nWhat is the capital of France?")
-    assert result.success, out
     ans = ip.user_ns["ans"]
     assert isinstance(ans, llm_magic.Answer)
     assert ans.finish_reason == "length" and ans.n_tokens == 20
-    assert ans.text.strip() in out  # streamed to stdout in a terminal shell
+    assert ans.text.strip() and ans.text.strip() in out  # streamed to stdout in a terminal shell
+    assert "… stopped at max_tokens (20 tokens)" in out
     assert llm_magic.last_answer() is ans
     assert result.result is None  # shown once, not echoed again as Out[]
+    # the cell body (its final newline dropped) is the question, in the model's Q/A prompt
+    assert evaluated_prompt(ans) == "Q: What is the capital of France?\nA:"
 
 
 def test_line_magic_takes_prompt_after_flags(ip):
-    result, out = run(ip, "%ask -n 5 -o a What's the capital of France? Don't say \"Rome\".")
-    assert result.success, out
+    question = "What's the capital of France? Don't say \"Rome\"."
+    run(ip, f"%ask -n 5 -o a {question}")
     a = ip.user_ns["a"]
-    assert a.n_tokens == 5
-    stream_prompt = llm_magic.cache.get_cache().entries()[0].model
-    assert stream_prompt is not None
+    assert a.n_tokens == 5 and a.finish_reason == "length"
+    # the prompt the model evaluated is the question as typed (quotes and apostrophes kept), and
+    # nothing else: token for token what the model's own tokenizer makes of the Q/A prompt
+    expected = f"Q: {question}\nA:"
+    assert evaluated_prompt(a) == expected
+    [entry] = runtime.get().cache.find(a.model)
+    assert evaluated_tokens(a) == entry.model.llm.tokenize(expected.encode(), add_bos=True, special=True)
+    assert a.n_prompt_tokens == len(evaluated_tokens(a))
+    # and the same through a conversation, which records the user's text
+    run(ip, f"%ask -c q -n 2 {question}")
+    [conv] = conversations().find("q")
+    assert conv.turns[0].user == question
+    assert conv.ctx_text.startswith(expected)
 
 
-def test_second_ask_builds_no_second_llama(ip, llama_constructions, use_model):
+def test_no_flags_and_flags_only_lines(ip):
+    run(ip, "%ask hello there")
+    assert evaluated_prompt(llm_magic.last_answer()) == "Q: hello there\nA:"
+    error, _ = run_error(ip, "%ask -n 5")
+    assert isinstance(error, UsageError) and "prompt is empty" in str(error)
+
+
+# ---- the line is verbatim: no IPython $x / {expr} expansion ----------------------------------------
+
+
+@pytest.mark.parametrize("end", ["", "?"])
+def test_line_magic_is_not_var_expanded(ip, end):
+    ip.user_ns["x"] = "EXPANDED"
+    run(ip, f"%ask -c v -n 2 what is {{1+1}} and $x{end}")
+    [conv] = conversations().find("v")
+    assert conv.turns[0].user == f"what is {{1+1}} and $x{end}"
+    assert f"Q: what is {{1+1}} and $x{end}\nA:" in conv.ctx_text  # the exact text the model evaluated
+    assert "EXPANDED" not in conv.ctx_text and "what is 2" not in conv.ctx_text
+    # llm_magic's own {name} interpolation does apply
+    run(ip, f"%ask -c w -n 2 what is {{x}} and $x{end}")
+    [conv] = conversations().find("w")
+    assert conv.turns[0].user == f"what is EXPANDED and $x{end}"
+    assert f"Q: what is EXPANDED and $x{end}\nA:" in conv.ctx_text
+
+
+def test_indented_line_magic_is_verbatim_too(ip):
+    ip.user_ns["x"] = "EXPANDED"
+    run(ip, "if True:\n    %ask -c v -n 2 what is {1+1} and $x?\n")
+    [conv] = conversations().find("v")
+    assert conv.turns[0].user == "what is {1+1} and $x?"
+
+
+def test_cell_magic_is_not_var_expanded(ip):
+    ip.user_ns["x"] = "EXPANDED"
+    run(ip, "%%ask -c $x -n 2\nwhat is {1+1} and $x,\nand {x}?")
+    assert conversations().find("EXPANDED") == []  # the option line is not expanded either
+    [conv] = conversations().find("$x")
+    assert conv.turns[0].user == "what is {1+1} and $x,\nand EXPANDED?"
+    assert "Q: what is {1+1} and $x,\nand EXPANDED?\nA:" in conv.ctx_text
+
+
+# ---- the model cache, timeouts, interrupts -------------------------------------------------------
+
+
+def test_second_ask_builds_no_second_llama(ip, llama_constructions):
     run(ip, "%%ask -n 3\nfirst")
     built = llama_constructions["n"]
     assert built <= 1  # 1 if the preload finished after the spy was installed
     run(ip, "%%ask -n 3 -o b\nsecond")
     run(ip, "%%ask -n 3\nthird")
     assert llama_constructions["n"] == built
-    assert cache_mod.get_cache().constructions == 1
+    assert runtime.get().cache.constructions == 1
     assert ip.user_ns["b"].load_wait_s < 0.05
 
 
 def test_timeout_marks_partial_answer(ip, caplog):
-    result, out = run(ip, "%%ask -t 1 -n 100000 --temperature 0 -o a\nTell me everything")
-    assert result.success, out
+    _, out = run(ip, "%%ask -t 1 -n 100000 --temperature 0 -o a\nTell me everything")
     a = ip.user_ns["a"]
     assert a.finish_reason == "timeout" and a.n_tokens > 0
-    assert "timed out after 1 s — partial answer" in out
-    assert any("timed out" in r.getMessage() for r in caplog.records)
-    result, out = run(ip, "%%ask -n 5 -o b\nnext")
-    assert result.success and ip.user_ns["b"].n_tokens == 5
+    assert out.endswith(f"\n[⏱ timed out after 1 s — partial answer, {a.n_tokens} tokens]\n")
+    # one log line says where the time went; it is not part of the answer
+    [record] = [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert "tiny.gguf timed out after 1 s: waiting for the model load" in record.getMessage()
+    assert "generation" in record.getMessage() and "waiting for" not in a.text
+    run(ip, "%%ask -n 5 -o b\nnext")
+    assert ip.user_ns["b"].n_tokens == 5
+
+
+def interrupt_after(n_tokens: int, timeout: float = 60.0) -> threading.Thread:
+    """Ctrl-C (SIGINT to the main thread) once a running request has streamed ``n_tokens``."""
+
+    def watch():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(r.progress().n_tokens >= n_tokens for r in runtime.get().requests()):
+                _thread.interrupt_main()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_kernel_interrupt_keeps_partial_answer(ip):
-    timer = threading.Timer(0.4, _thread.interrupt_main)
-    timer.start()
+    watcher = interrupt_after(5)
     t0 = time.monotonic()
-    result, out = run(ip, "%%ask -n 100000 -t 60 -o a\nTalk")
-    timer.join()
-    assert time.monotonic() - t0 < 5
+    _, out = run(ip, "%%ask -n 100000 -t 60 -o a\nTalk")
+    watcher.join()
+    assert time.monotonic() - t0 < 30  # not the 60 s timeout: the interrupt stopped it
     a = ip.user_ns["a"]
-    assert a.finish_reason == "cancelled" and a.n_tokens > 0 and len(a) > 0
-    assert "cancelled — partial answer" in out
-    result, out = run(ip, "%%ask -n 4 -o b\nstill there?")
-    assert result.success and ip.user_ns["b"].n_tokens == 4
+    assert a.finish_reason == "cancelled" and a.n_tokens >= 5 and len(a) > 0
+    assert f"⏹ cancelled — partial answer, {a.n_tokens} tokens" in out
+    assert a.text in out  # the partial text stays in the cell
+    run(ip, "%%ask -n 4 -o b\nstill there?")
+    assert ip.user_ns["b"].n_tokens == 4
+
+
+def test_partial_answer_counts_every_token_it_shows(ip, monkeypatch):
+    """The count of a cancelled answer is the tokens it showed, the last one included."""
+    from llm_magic.ipython.cell_output import StreamDisplay
+
+    shown = []
+    real_add = StreamDisplay.add
+    monkeypatch.setattr(StreamDisplay, "add", lambda self, chunk: (shown.append(chunk), real_add(self, chunk))[1])
+    watcher = interrupt_after(5)
+    _, out = run(ip, "%%ask -n 100000 -t 60 -o a\nTalk")
+    watcher.join()
+    a = ip.user_ns["a"]
+    assert a.finish_reason == "cancelled" and "".join(shown) == a.text
+    assert a.n_tokens == len(shown)  # each chunk of the tiny model is one token
+    assert f"partial answer, {len(shown)} tokens" in out
+
+
+# ---- -f: what the cell shows ------------------------------------------------------------------------
+
+
+def ask_in_notebook(ip, monkeypatch, cell):
+    """Run an ask as in a notebook (the shell has a kernel): returns the display outputs."""
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.setattr(ip, "kernel", object(), raising=False)
+    with capture_output() as captured:
+        ip.run_cell(cell)
+    return captured.outputs
+
+
+def test_markdown_answer_ends_as_text_and_html(ip, monkeypatch):
+    outputs = ask_in_notebook(ip, monkeypatch, "%%ask -n 12 --temperature 0 -o a\nhi")
+    a = ip.user_ns["a"]
+    final = outputs[-1].data
+    assert set(final) == {"text/plain", "text/html"}  # no text/markdown: the HTML is ours, sanitized
+    assert final["text/plain"] == f"{a.text}\n\n[… stopped at max_tokens (12 tokens)]"
+    assert final["text/html"] == llm_magic.rendering.answer_html(a.text, a.marker())
+    assert all("text/html" not in o.data for o in outputs[:-1])  # interim updates: plain text with a cursor
+    interim = [o.data["text/plain"] for o in outputs[:-1]]
+    # the first display and status lines before the first token; then text + cursor
+    assert all(t.endswith("▌") or (t.startswith("[") and t.endswith("]")) for t in interim), interim
+
+
+def test_text_format_has_no_html(ip, monkeypatch):
+    outputs = ask_in_notebook(ip, monkeypatch, "%%ask -f text -n 3 -o a\n**hi**")
+    a = ip.user_ns["a"]
+    assert a.n_tokens == 3
+    assert set(outputs[-1].data) == {"text/plain"}
+    assert outputs[-1].data["text/plain"].startswith(a.text)
+
+
+# ---- the extension's life cycle ---------------------------------------------------------------------
 
 
 def test_load_ext_returns_while_slow_preload_runs_and_first_ask_waits_for_it(
-        _shell, use_model, monkeypatch, llama_constructions):
-    real = cache_mod._default_loader
-    monkeypatch.setattr(cache_mod, "_default_loader", lambda spec: (time.sleep(1.5), real(spec))[1])
+    shell, use_model, monkeypatch, llama_constructions
+):
+    real = cache_mod.load_engine
+    monkeypatch.setattr(cache_mod, "load_engine", lambda spec, abort=None: (time.sleep(1.5), real(spec, abort))[1])
     t0 = time.monotonic()
-    _shell.run_line_magic("load_ext", "llm_magic")
-    try:
-        assert time.monotonic() - t0 < 0.5
-        [entry] = cache_mod.get_cache().entries()
-        assert entry.state == "loading"
-        result, out = run(_shell, "%%ask -n 3 -o a\nhi")
-        assert result.success, out
-        a = _shell.user_ns["a"]
-        assert 0.8 < a.load_wait_s < 5
-        assert llama_constructions["n"] == 1  # the ask used the preload, it did not start another
-        assert entry.state == "ready" and entry.uses == 1
-    finally:
-        _shell.run_line_magic("unload_ext", "llm_magic")
+    shell.run_line_magic("load_ext", "llm_magic")
+    assert time.monotonic() - t0 < 1.0
+    [entry] = runtime.get().cache.entries()
+    assert entry.state == "loading"
+    run(shell, "%%ask -n 3 -o a\nhi")
+    a = shell.user_ns["a"]
+    assert 0.8 < a.load_wait_s < 10
+    assert llama_constructions["n"] == 1  # the ask used the preload, it did not start another
+    assert entry.state == "ready" and entry.uses == 1
 
 
-def test_unload_ext_closes_models_and_stops_threads(_shell, use_model):
-    _shell.run_line_magic("load_ext", "llm_magic")
-    run(_shell, "%%ask -n 3\nhi")
-    models = [e.model for e in cache_mod.get_cache().entries()]
+def test_unload_ext_closes_models_and_stops_threads(shell, use_model):
+    shell.run_line_magic("load_ext", "llm_magic")
+    run(shell, "%%ask -n 3\nhi")
+    models = [e.model for e in runtime.get().cache.entries()]
     assert models and llm_threads()
-    _shell.run_line_magic("unload_ext", "llm_magic")
+    shell.run_line_magic("unload_ext", "llm_magic")
     assert all(m.closed for m in models)
     assert llm_threads() == []
-    assert "ask" not in _shell.magics_manager.magics["cell"]
+    assert "ask" not in shell.magics_manager.magics["cell"]
+    assert "ask" not in shell.magics_manager.magics["line"] and "llm" not in shell.magics_manager.magics["line"]
 
 
-def test_reload_ext_leaves_nothing_behind(_shell, use_model):
-    _shell.run_line_magic("load_ext", "llm_magic")
-    run(_shell, "%%ask -n 3\nhi")
-    old = [e.model for e in cache_mod.get_cache().entries()]
-    _shell.run_line_magic("reload_ext", "llm_magic")
-    try:
-        assert all(m.closed for m in old)
-        result, out = run(_shell, "%%ask -n 3 -o a\nhi")
-        assert result.success and _shell.user_ns["a"].n_tokens == 3
-        assert len(cache_mod.get_cache().entries()) == 1
-    finally:
-        _shell.run_line_magic("unload_ext", "llm_magic")
+def test_reload_ext_leaves_nothing_behind(shell, use_model):
+    shell.run_line_magic("load_ext", "llm_magic")
+    run(shell, "%%ask -n 3\nhi")
+    old = [e.model for e in runtime.get().cache.entries()]
+    shell.run_line_magic("reload_ext", "llm_magic")
+    assert all(m.closed for m in old)
+    run(shell, "%%ask -n 3 -o a\nhi")
+    assert shell.user_ns["a"].n_tokens == 3
+    assert len(runtime.get().cache.entries()) == 1
+    assert sum(type(c).__name__ == "AskMagics" for c in shell.configurables) == 1
+    assert len(shell.events.callbacks["post_run_cell"]) == len(
+        set(shell.events.callbacks["post_run_cell"])
+    )  # the error listener is registered once
+    shell.run_line_magic("unload_ext", "llm_magic")
     assert llm_threads() == []
 
 
-def test_config_traits(ip, tiny_model, caplog):
-    ip.run_line_magic("config", "AskMagics.max_tokens = 7")
-    ip.run_line_magic("config", f"AskMagics.models = {{'tiny': {{'path': {tiny_model!r}, 'n_ctx': 256}}}}")
-    result, out = run(ip, "%%ask -m tiny -o a\nhi")
-    assert result.success, out
+def test_unload_ext_removes_config_listener_and_transformer(shell, use_model):
+    listeners_before = list(shell.events.callbacks["post_run_cell"])
+    shell.run_line_magic("load_ext", "llm_magic")
+    shell.run_line_magic("reload_ext", "llm_magic")
+    assert sum(type(c).__name__ == "AskMagics" for c in shell.configurables) == 1
+    names = [getattr(t, "__name__", "") for t in shell.input_transformers_cleanup]
+    assert names.count("ask_line_transformer") == 1
+    shell.run_line_magic("unload_ext", "llm_magic")
+    assert not any(type(c).__name__ == "AskMagics" for c in shell.configurables)
+    assert not any(getattr(t, "__name__", "") == "ask_line_transformer" for t in shell.input_transformers_cleanup)
+    assert shell.events.callbacks["post_run_cell"] == listeners_before
+
+
+# ---- config traits through the magics ---------------------------------------------------------------
+
+
+def test_config_traits(ip, tiny_model):
+    run(ip, "%config AskMagics.max_tokens = 7")
+    run(ip, f"%config AskMagics.models = {{'tiny': {{'path': {tiny_model!r}, 'n_ctx': 256}}}}")
+    run(ip, "%%ask -m tiny -o a\nhi")
     assert ip.user_ns["a"].n_tokens == 7 and ip.user_ns["a"].model == "tiny"
-    # traitlets rejects bad values (it logs the error); the old value stays in force
-    run(ip, "%config AskMagics.timeout = 0")
-    assert "timeout must be > 0" in caplog.text and config.settings.timeout == 120
-    run(ip, f"%config AskMagics.models = {{'x': {{'path': {tiny_model!r}, 'ctx': 1}}}}")
-    assert "valid keys" in caplog.text and "tiny" in config.settings.models
+    assert [m["n_ctx"] for m in llm_magic.models() if m["name"] == "tiny"] == [256]
+    # traitlets refuses bad values (%config shows the error, one line); the old value stays in force
+    _, out = run(ip, "%config AskMagics.timeout = 0")
+    assert out == "ERROR:root:AskMagics.timeout must be > 0 seconds, got 0.0\n"
+    assert llm_magic.current_settings().timeout == 120
+    _, out = run(ip, f"%config AskMagics.models = {{'x': {{'path': {tiny_model!r}, 'ctx': 1}}}}")
+    assert "unknown option(s) ctx; valid keys: path" in out and "Traceback" not in out
+    assert set(llm_magic.current_settings().models) == {"tiny"}
 
 
-def test_status_load_unload(ip, tiny_model_b):
-    run(ip, "%%ask -n 2\nhi")
-    result, out = run(ip, f"%llm load {tiny_model_b} --wait")
-    assert result.success and "ready" in out
-    result, out = run(ip, "%llm status")
-    for word in ("model", "state", "size", "load s", "uses", "last used", "tiny.gguf", "tiny-b.gguf", "ready"):
-        assert word in out
-    result, out = run(ip, "%llm unload tiny-b.gguf")
-    assert "unloaded 1 model" in out
-    result, out = run(ip, "%llm unload --all")
-    assert "unloaded 1 model" in out
-    assert llm_magic.models() == []
+def test_models_trait_validates_keys_and_types(ip, tiny_model):
+    _, out = run(ip, f"%config AskMagics.models = {{'a': {{'path': {tiny_model!r}, 'ctx': 5}}}}")
+    assert "unknown option(s) ctx; valid keys: path, n_ctx" in out
+    _, out = run(ip, f"%config AskMagics.models = {{'a': {{'path': {tiny_model!r}, 'n_ctx': 'big'}}}}")
+    assert "n_ctx must be a int, got 'big'" in out
+    assert "a" not in llm_magic.current_settings().models
 
 
-def test_help(ip):
-    result, out = run(ip, "%%ask?\n")
-    assert "--timeout" in out or "-t TIMEOUT" in out
-    result, out = run(ip, "%llm help")
-    for sub in ("status", "load", "unload", "--all", "alias", "aliases", "explain", "history", "reset", "panel", "help"):
-        assert f"{sub}" in out
+def test_the_settings_object_is_the_magics(ip):
+    from llm_magic.ipython.magics import AskMagics
+
+    s = llm_magic.current_settings()
+    assert isinstance(s, AskMagics) and ip.magics_manager.registry["AskMagics"] is s
 
 
-@pytest.mark.parametrize("cell, message", [
-    ("%%ask\n   \n", "prompt is empty"),
-    ("%ask", "prompt is empty"),
-    ("%%ask --bogus\nhi", "unknown option --bogus"),
-    ("%%ask -t 0\nhi", "timeout must be a positive"),
-    ("%%ask -t -5\nhi", "timeout must be a positive"),
-    ("%%ask -n 0\nhi", "max_tokens must be a positive"),
-    ("%%ask -t abc\nhi", "invalid float value"),
-    ("%%ask -m /no/such/model.gguf\nhi", "model file not found: /no/such/model.gguf"),
-    ("%llm frobnicate", "unknown subcommand"),
-    ("%llm unload nothing-loaded", "no loaded model"),
-])
+# ---- help and usage errors --------------------------------------------------------------------------
+
+
+def test_ask_help(ip):
+    _, out = run(ip, "%%ask?\n")
+    for option in ("--timeout", "--max-tokens", "--format", "--output", "--conversation", "--no-interpolate"):
+        assert option in out
+    assert "Ask a language model" in out
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("%%ask\n   \n", "prompt is empty"),
+        ("%ask", "prompt is empty"),
+        ("%%ask --bogus\nhi", "unknown option --bogus"),
+        ("%%ask -t 0\nhi", "timeout must be a positive"),
+        ("%%ask -t -5\nhi", "timeout must be a positive"),
+        ("%%ask -n 0\nhi", "max_tokens must be a positive"),
+        ("%%ask -t abc\nhi", "invalid float value"),
+        ("%%ask -o 1x\nhi", "-o needs a variable name"),
+        ("%%ask -m /no/such/model.gguf\nhi", "model file not found: /no/such/model.gguf"),
+    ],
+)
 def test_bad_input_is_a_usage_error(ip, cell, message):
-    result, out = run(ip, cell)
-    assert isinstance(result.error_in_exec, UsageError), out
-    assert message in str(result.error_in_exec)
+    error, out = run_error(ip, cell)
+    assert isinstance(error, UsageError), out
+    assert message in str(error) and "\n" not in str(error)
     assert "Traceback" not in out
-    result, out = run(ip, "%%ask -n 2 -o ok\nstill alive")
-    assert result.success and ip.user_ns["ok"].n_tokens == 2
+    run(ip, "%%ask -n 2 -o ok\nstill alive")
+    assert ip.user_ns["ok"].n_tokens == 2
 
 
 def test_no_model_configured_is_a_usage_error(ip, monkeypatch):
-    monkeypatch.delenv(config.ENV_MODEL)
+    monkeypatch.delenv(ENV_MODEL)
     monkeypatch.setattr("llm_magic.default_model.is_installed", lambda: False)
-    result, out = run(ip, "%%ask\nhi")
-    assert isinstance(result.error_in_exec, UsageError)
+    error, out = run_error(ip, "%%ask\nhi")
+    assert isinstance(error, UsageError) and "Traceback" not in out
     for hint in ("LLM_MAGIC_MODEL", "%config AskMagics.model", "default-model"):
-        assert hint in str(result.error_in_exec)
+        assert hint in str(error)
 
 
-@pytest.mark.parametrize("kind, reason", [("not_gguf", "not a GGUF file"), ("truncated", "truncated")])
+@pytest.mark.parametrize(("kind", "reason"), [("not_gguf", "not a GGUF file"), ("truncated", "truncated")])
 def test_corrupt_model_is_a_usage_error(ip, corrupt_files, kind, reason):
-    result, out = run(ip, f"%%ask -m {corrupt_files[kind]}\nhi")
-    assert isinstance(result.error_in_exec, UsageError) and reason in str(result.error_in_exec)
-    result, out = run(ip, "%%ask -n 2 -o ok\nother models keep working")
-    assert result.success and ip.user_ns["ok"].n_tokens == 2
+    error, _ = run_error(ip, f"%%ask -m {corrupt_files[kind]}\nhi")
+    assert isinstance(error, UsageError) and reason in str(error) and str(corrupt_files[kind]) in str(error)
+    run(ip, "%%ask -n 2 -o ok\nother models keep working")
+    assert ip.user_ns["ok"].n_tokens == 2
 
 
 def test_prompt_too_long_is_a_usage_error(ip, tiny_model):
-    ip.run_line_magic("config", f"AskMagics.models = {{'small': {{'path': {tiny_model!r}, 'n_ctx': 64}}}}")
-    result, out = run(ip, "%%ask -m small\n" + "word " * 300)
-    assert isinstance(result.error_in_exec, UsageError) and "context window" in str(result.error_in_exec)
+    run(ip, f"%config AskMagics.models = {{'small': {{'path': {tiny_model!r}, 'n_ctx': 64}}}}")
+    error, _ = run_error(ip, "%%ask -m small\n" + "word " * 300)
+    assert isinstance(error, UsageError) and "context window" in str(error) and "is 64 (n_ctx)" in str(error)
 
 
-def test_split_options_keeps_prompt_verbatim():
-    values, flags = {"-m", "-t", "--model", "-n"}, {"--raw"}
-    assert split_options("-m x -t 3 What's up?", values, flags) == ("-m x -t 3 ", "What's up?")
-    assert split_options('--raw say "hi" {a: 1}', values, flags) == ("--raw ", 'say "hi" {a: 1}')
-    assert split_options("-m 'my model.gguf' hi", values, flags) == ("-m 'my model.gguf' ", "hi")
-    assert split_options("-t 3 -- -m is text", values, flags) == ("-t 3 ", "-m is text")
-    assert split_options("-n 5", values, flags) == ("-n 5", "")
-    with pytest.raises(UsageError, match="unknown option --nope"):
-        split_options("--nope x", values, flags)
+# ---- conversations: -c NAME and --chat ---------------------------------------------------------------
 
 
-def test_notebook_display_is_throttled_and_final_text_complete(ip):
-    from IPython.utils.capture import capture_output
+def test_conversation_follow_up_evaluates_only_new_tokens(ip):
+    import llama_cpp
 
-    view = StreamDisplay(mode="notebook")
-    with capture_output() as captured:
-        view.start()
-        t0 = time.monotonic()
-        for i in range(3000):
-            view.add(f"t{i} ")
-            if i % 100 == 0:
-                time.sleep(0.01)
-        elapsed = time.monotonic() - t0
-        view.finish(marker="⏱ timed out after 1 s — partial answer, 3000 tokens")
-    assert view.n_updates <= 25 * elapsed + 2
-    assert view.n_updates >= 3  # it did update while streaming
-    final = captured.outputs[-1].data
-    assert final["text/plain"].startswith("t0 t1 ") and "t2999 " in final["text/plain"]
-    assert "timed out" in final["text/markdown"]
-
-
-def test_markdown_escapes_html_but_not_code():
-    evil = "Hi <img src=x onerror=alert(1)> <script>x()</script> [a](javascript:alert(1)) `<b>` \n```\n<i>\n```"
-    safe = safe_markdown(evil)
-    assert "<img" not in safe and "<script" not in safe and "javascript:" not in safe
-    assert "&lt;img" in safe and "`<b>`" in safe and "```\n<i>\n```" in safe
-
-
-def test_line_ask_with_question_mark_is_not_a_help_request(ip):
-    result, out = run(ip, "%ask -n 4 -o q What is the capital of France?")
-    assert result.success, out
-    assert ip.user_ns["q"].n_tokens == 4
-    assert llm_magic.last_answer() is ip.user_ns["q"]
+    run(ip, "%%ask -c trip -n 30 --temperature 0 -o t1\nWe plan a trip to Paris in May.")
+    t1 = ip.user_ns["t1"]
+    ctx = runtime.get().cache.entries()[0].model.llm._ctx.ctx
+    llama_cpp.llama_perf_context_reset(ctx)
+    run(ip, "%%ask -c trip -n 30 --temperature 0 -o t2\nWhat should we pack?")
+    t2 = ip.user_ns["t2"]
+    perf = llama_cpp.llama_perf_context(ctx)  # llama.cpp's own counters for turn 2
+    assert perf.n_p_eval == t2.n_prompt_evaluated  # prompt tokens llama.cpp evaluated in batches
+    assert perf.n_p_eval < 25 < t2.n_prompt_tokens  # the new turn only, not the history
+    assert t2.n_prompt_tokens > t1.n_prompt_tokens + t1.n_tokens - 2
+    new_tokens = t2.n_prompt_tokens - (t1.n_prompt_tokens + t1.n_tokens - 1)
+    assert t2.n_prompt_evaluated <= new_tokens + 2  # about the new turn only
+    # the model evaluated both turns, the first with its answer, as one Q/A prompt
+    # (detokenizing the whole sequence may space the tokens of the answer a little differently)
+    prompt = evaluated_prompt(t2)
+    assert prompt.startswith("Q: We plan a trip to Paris in May.\nA:")
+    assert " ".join(t1.text.split()) in " ".join(prompt.split())
+    assert prompt.endswith("\nQ: What should we pack?\nA:")
+    [conv] = conversations().find("trip")
+    assert [t.user for t in conv.turns] == ["We plan a trip to Paris in May.", "What should we pack?"]
+    assert [t.answer for t in conv.turns] == [t1.text, t2.text]
 
 
-def test_unload_ext_removes_config_and_transformer(_shell, use_model):
-    _shell.run_line_magic("load_ext", "llm_magic")
-    _shell.run_line_magic("reload_ext", "llm_magic")
-    assert sum(type(c).__name__ == "AskMagics" for c in _shell.configurables) == 1
-    _shell.run_line_magic("unload_ext", "llm_magic")
-    assert not any(type(c).__name__ == "AskMagics" for c in _shell.configurables)
-    assert not any(getattr(t, "__name__", "") == "ask_line_transformer" for t in _shell.input_transformers_cleanup)
+def test_conversation_without_reuse_evaluates_everything(ip):
+    run(ip, "%%ask -c a -n 20 --temperature 0 -o t1\nFirst question here.")
+    run(ip, "%%ask -n 5\nsomething else entirely")  # another request overwrites the KV cache
+    run(ip, "%%ask -c a -n 20 --temperature 0 -o t2\nSecond question.")
+    t2 = ip.user_ns["t2"]
+    assert t2.n_prompt_evaluated > t2.n_prompt_tokens // 2  # the shared prefix had to be evaluated again
+    assert "Q: First question here." in evaluated_prompt(t2)
+
+
+def test_chat_flag_uses_the_default_conversation_on_a_chat_model(ip, chat_model):
+    run(ip, f"%%ask -m {chat_model} --chat -n 10 --temperature 0 -o a\nHello there")
+    run(ip, f"%%ask -m {chat_model} --chat -n 10 --temperature 0 -o b\nAnd again")
+    [conv] = conversations().find(conversation.DEFAULT)
+    assert [t.user for t in conv.turns] == ["Hello there", "And again"]
+    b = ip.user_ns["b"]
+    assert b.n_prompt_evaluated < b.n_prompt_tokens // 2
+    model = next(e for e in runtime.get().cache.entries() if e.spec.path == chat_model).model
+    text = model.llm.detokenize(conv.ctx_tokens, special=True).decode().replace(" ", "")
+    assert text.count("<|im_start|>user") == 2 and "Hello" in text
+    assert (
+        evaluated_prompt(b, special=True)
+        .replace(" ", "")
+        .endswith("<|im_start|>user\nAndagain<|im_end|>\n<|im_start|>assistant\n")
+    )
+
+
+def test_conversations_are_kept_per_model(ip, tiny_model_b):
+    run(ip, "%%ask -c x -n 5\none")
+    run(ip, f"%%ask -m {tiny_model_b} -c x -n 5\ntwo")
+    found = conversations().find("x")
+    assert len(found) == 2 and sorted(c.turns[0].user for c in found) == ["one", "two"]
+    assert sorted(c.model_name for c in found) == ["tiny-b.gguf", "tiny.gguf"]
+
+
+def test_history_is_trimmed_to_fit_the_context(ip, tiny_model):
+    run(ip, f"%config AskMagics.models = {{'small': {{'path': {tiny_model!r}, 'n_ctx': 256}}}}")
+    for i in range(6):
+        run(ip, f"%%ask -m small -c long -n 40 --temperature 0\nQuestion number {i} about the capital of France")
+    [conv] = conversations().find("long")
+    assert conv.trimmed > 0 and len(conv.turns) < 6 and conv.trimmed + len(conv.turns) == 6
+    assert conv.turns[-1].user == "Question number 5 about the capital of France"
+    last = llm_magic.last_answer()
+    assert last.n_prompt_tokens + 40 <= 256
+    assert not evaluated_prompt(last).startswith("Q: Question number 0")  # the oldest turns are gone
+
+
+# ---- per-call sampling options ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def completion_kwargs(monkeypatch):
+    """The keyword arguments of every real ``Llama.create_completion`` call (a spy: it still runs)."""
+    import llama_cpp
+
+    seen: dict = {}
+    real = llama_cpp.Llama.create_completion
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(llama_cpp.Llama, "create_completion", spy)
+    return seen
+
+
+def test_per_call_sampling_options_reach_the_engine(ip, completion_kwargs):
+    run(
+        ip,
+        "%%ask -n 5 --temperature 0.3 --top-p 0.5 --top-k 7 --repeat-penalty 1.3 --seed 9 "
+        '--stop "zz top" --stop "\\nEND" --system "Be brief." -o a\nhi',
+    )
+    seen = completion_kwargs
+    assert (seen["temperature"], seen["top_p"], seen["top_k"], seen["repeat_penalty"], seen["seed"]) == (
+        0.3,
+        0.5,
+        7,
+        1.3,
+        9,
+    )
+    assert evaluated_prompt(ip.user_ns["a"]) == "Be brief.\n\nQ: hi\nA:"
+
+
+def test_stop_option_cuts_the_answer(ip):
+    run(ip, "%%ask -n 60 --temperature 0 -o full\nhi")
+    full = ip.user_ns["full"].text
+    word = next(w for w in full.split()[2:] if len(w) > 2)
+    cut = full.index(word)
+    run(ip, f'%%ask -n 60 --temperature 0 --stop "{word}" -o a\nhi')
+    a = ip.user_ns["a"]
+    assert a.text == full[:cut] and a.finish_reason == "stop"
+
+
+def test_sampling_defaults_are_traits(ip, completion_kwargs):
+    for line in (
+        "AskMagics.temperature = 0.2",
+        "AskMagics.top_p = 0.6",
+        "AskMagics.top_k = 3",
+        "AskMagics.repeat_penalty = 1.2",
+        "AskMagics.seed = 5",
+        "AskMagics.system = 'Sys.'",
+        "AskMagics.stop = ['qqq']",
+    ):
+        run(ip, f"%config {line}")
+    run(ip, "%%ask -n 3 -o a\nhi")
+    seen = completion_kwargs
+    assert (seen["temperature"], seen["top_p"], seen["top_k"], seen["repeat_penalty"], seen["seed"]) == (
+        0.2,
+        0.6,
+        3,
+        1.2,
+        5,
+    )
+    assert llm_magic.current_settings().stop == ["qqq"]
+    assert evaluated_prompt(ip.user_ns["a"]) == "Sys.\n\nQ: hi\nA:"
+
+
+def test_seed_makes_answers_repeatable(ip):
+    run(ip, "%%ask -n 20 --temperature 0.9 --seed 3 -o a\nhello")
+    run(ip, "%%ask -n 20 --temperature 0.9 --seed 3 -o b\nhello")
+    run(ip, "%%ask -n 20 --temperature 0.9 --seed 4 -o c\nhello")
+    a, b, c = (ip.user_ns[k] for k in "abc")
+    assert a == b and a.n_tokens == b.n_tokens == 20
+    assert c != a  # another seed samples another answer
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--top-p 0", "top_p"),
+        ("--top-p 1.5", "top_p"),
+        ("--top-k -1", "top_k"),
+        ("--repeat-penalty 0", "repeat_penalty"),
+        ("--temperature -1", "temperature"),
+        ("-f yaml", "invalid choice"),
+    ],
+)
+def test_bad_sampling_flags(ip, flags, message):
+    error, out = run_error(ip, f"%%ask {flags}\nhi")
+    assert isinstance(error, UsageError) and message in str(error) and "Traceback" not in out

@@ -1,0 +1,79 @@
+"""The IPython front end: ``%load_ext llm_magic`` registers ``%%ask``, ``%ask`` and ``%llm``.
+
+Importing this subpackage does not import IPython; loading the extension does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import settings as settings_mod
+
+log = logging.getLogger("llm_magic")
+
+_TRANSFORMER = "ask_line_transformer"
+
+
+def _drop_transformer(ipython: Any) -> None:
+    cleanups = getattr(ipython, "input_transformers_cleanup", None)
+    if cleanups is not None:
+        cleanups[:] = [t for t in cleanups if getattr(t, "__name__", "") != _TRANSFORMER]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext llm_magic``: register the magics and start preloading; returns without waiting."""
+    from .. import preload
+    from ..errors import LLMMagicError
+    from ..specs import default_model_name
+    from .magics import AskMagics
+    from .parsing import ask_line_transformer
+
+    previous = settings_mod.current()
+    magics = AskMagics(shell=ipython)
+    configured = set(ipython.config.get("AskMagics", {}))
+    for name in previous.trait_names(config=True):  # options set from Python before %load_ext carry over
+        if name not in configured and getattr(previous, name) != previous.trait_defaults(name):
+            setattr(magics, name, getattr(previous, name))
+    magics.session_aliases.update(previous.session_aliases)
+    settings_mod.use(magics)
+    ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.cell_errors.post_run_cell)  # listen only: {Err[n]}
+    _drop_transformer(ipython)
+    cleanups = getattr(ipython, "input_transformers_cleanup", None)
+    if cleanups is not None:
+        cleanups.append(ask_line_transformer)
+    names: list[str] | None = magics.preload
+    if names is None:
+        default = default_model_name()
+        names = [default] if default else []
+    for name in names:
+        try:
+            preload(name)
+        except LLMMagicError as e:
+            log.warning("llm_magic: cannot preload %s: %s", name, e)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext llm_magic``: free every model and stop every worker thread."""
+    from .. import cleanup_models
+
+    cleanup_models()
+    _drop_transformer(ipython)
+    magics = ipython.magics_manager.registry.pop("AskMagics", None)
+    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != "AskMagics"]
+    if magics is None:
+        return
+    try:
+        ipython.events.unregister("post_run_cell", magics.cell_errors.post_run_cell)
+    except ValueError:
+        pass
+    for kind in ("line", "cell"):
+        table = ipython.magics_manager.magics[kind]
+        for name in ("ask", "llm"):
+            if name in table and getattr(table[name], "__self__", None) is magics:
+                del table[name]
+    if settings_mod.current() is magics:  # the options keep their values for plain-Python use
+        plain = settings_mod.Settings(**{n: getattr(magics, n) for n in magics.trait_names(config=True)})
+        plain.session_aliases.update(magics.session_aliases)
+        settings_mod.use(plain)

@@ -1,0 +1,53 @@
+"""Output formats of ``%%ask -f``: markdown, text, code, json."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..answer import Answer
+from ..errors import LLMMagicError
+
+FORMATS = ("markdown", "text", "code", "json")
+
+_FENCE = re.compile(r"^[ \t]*(```|~~~)[ \t]*([\w+.#-]*)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)
+
+
+class FormatError(LLMMagicError, ValueError):
+    """The answer is not in the format asked for (it is still in ``llm_magic.last_answer()``)."""
+
+    user_error = True
+
+
+def first_code_block(text: str) -> str | None:
+    """The body of the first fenced code block (``` or ~~~), or None if there is none."""
+    match = _FENCE.search(text)
+    return match.group(3).rstrip("\n") if match else None
+
+
+def parse_json_answer(answer: str) -> Any:
+    """Parse the answer as JSON: the whole text, else its first fenced block. Raises ``FormatError``."""
+    text = str.__str__(answer).strip()
+    candidates = [text]
+    block = first_code_block(text)
+    if block is not None:
+        candidates.append(block.strip())
+    error = None
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError as e:
+            error = error or e
+            continue
+        if isinstance(answer, Answer):  # the Answer keeps the parsed object too
+            answer.value = value
+        return value
+    assert error is not None  # at least one candidate was tried
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    reason = getattr(answer, "finish_reason", "")
+    hint = " (the answer was cut short: raise -n or -t)" if reason in ("length", "timeout", "cancelled") else ""
+    raise FormatError(
+        f"the answer is not valid JSON{hint}: {error.msg} at line {error.lineno} column "
+        f"{error.colno}; got {shown!r}. The raw text is in llm_magic.last_answer()"
+    )

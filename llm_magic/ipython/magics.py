@@ -1,0 +1,199 @@
+"""``%%ask``, ``%ask`` and ``%llm``: a thin IPython front end over ``llm_magic``'s core.
+
+``AskMagics`` is also the settings object (it subclasses ``settings.Settings``): ``%config
+AskMagics.x`` and ``ipython_config.py`` set the very traits every request reads while the
+extension is loaded. Both magics take their line verbatim (``no_var_expand``): only llm_magic's
+own ``{name}``/``{In[n]}`` interpolation applies, never IPython's ``$x``/``{expr}`` expansion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from .. import conversation as conversations
+from ..answer import Answer
+from ..errors import LLMMagicError
+from ..images import load_image
+from ..request import Stream
+from ..settings import Settings
+from . import model_commands, session_commands
+from .cell_errors import CellErrors
+from .cell_output import StreamDisplay
+from .command_table import dispatch
+from .formats import FORMATS, first_code_block, parse_json_answer
+from .interpolate import interpolate as interpolate_prompt
+from .parsing import json_grammar, parse_ask_line, read_grammar
+
+log = logging.getLogger("llm_magic")
+
+COMMAND_MODULES = (model_commands, session_commands)  # importing them fills the %llm table
+
+
+@magics_class
+class AskMagics(Magics, Settings):
+    """Ask a local language model from a notebook cell."""
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.cell_errors = CellErrors()
+
+    @property
+    def ip(self) -> InteractiveShell:
+        """The shell these magics are registered with."""
+        assert self.shell is not None, "AskMagics needs a shell"
+        return self.shell
+
+    # ---- %%ask / %ask ----------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-m", "--model", help="Alias from AskMagics.models or a path to a GGUF file.")
+    @argument(
+        "-t",
+        "--timeout",
+        type=float,
+        help="Seconds for the whole ask (load wait included); on timeout the partial answer is kept and marked.",
+    )
+    @argument("-n", "--max-tokens", type=int, dest="max_tokens", help="Most tokens to generate.")
+    @argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        default="markdown",
+        help="markdown (default), text, code (first fenced block becomes the next cell, never run), "
+        "json (parsed; -o stores the object).",
+    )
+    @argument("-o", "--output", metavar="VAR", help="Store the Answer (with -f json: the parsed object) in VAR.")
+    @argument("-c", "--conversation", metavar="NAME", help="Continue conversation NAME (kept per model).")
+    @argument("--chat", action="store_true", help="Continue the default conversation.")
+    @argument("--system", metavar="TEXT", help="System prompt for this ask.")
+    @argument("--temperature", type=float, help="Sampling temperature (0 = greedy).")
+    @argument("--top-p", type=float, dest="top_p", help="Nucleus sampling threshold, in (0, 1].")
+    @argument("--top-k", type=int, dest="top_k", help="Top-k sampling (0 = off).")
+    @argument("--repeat-penalty", type=float, dest="repeat_penalty", help="Repetition penalty (1.0 = off).")
+    @argument("--seed", type=int, help="Sampling seed, for repeatable answers.")
+    @argument("--stop", action="append", metavar="TEXT", help="Stop at this text (repeatable).")
+    @argument(
+        "--image",
+        action="append",
+        metavar="IMAGE",
+        help="An image for a vision model (repeatable): a "
+        "file path, or a variable holding a PIL image, numpy array, PNG/JPEG bytes or matplotlib figure.",
+    )
+    @argument(
+        "--grammar",
+        metavar="GBNF",
+        help="Constrain the answer with a llama.cpp GBNF grammar "
+        "(a .gbnf file or the grammar text); -f json uses a JSON grammar by default.",
+    )
+    @argument("--raw", action="store_true", help="Send the text as it is, without a chat or Q/A prompt.")
+    @argument(
+        "--no-interpolate",
+        action="store_true",
+        dest="no_interpolate",
+        help="Send {braces} unchanged (by default {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in).",
+    )
+    @no_var_expand
+    @line_cell_magic
+    def ask(self, line: str, cell: str | None = None):
+        """Ask a language model; the answer streams into the output.
+
+        %%ask [options]
+        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in>
+
+        %ask [options] <prompt on one line>
+
+        The result is an Answer (a str with finish_reason, n_tokens, ttft_s, total_s,
+        tokens_per_s, ...); store it with -o VAR or get it with llm_magic.last_answer().
+        """
+        args, words = parse_ask_line(self.ask.parser, line)
+        prompt = "\n".join(p for p in (words, cell or "") if p.strip())
+        if not args.raw:
+            prompt = prompt.rstrip("\n")  # the cell's final newline is not part of the question
+        return self.ask_with(args, prompt)
+
+    def ask_with(self, args: argparse.Namespace, prompt: str, interpolate: bool = True) -> None:
+        """Run one ask from parsed options: interpolate, stream into the cell, apply the format."""
+        if interpolate and not args.no_interpolate:
+            prompt = interpolate_prompt(
+                prompt, user_ns=self.ip.user_ns, errors=self.cell_errors.tracebacks(), warn=log.warning
+            )
+        grammar = read_grammar(args.grammar) if args.grammar else None
+        if args.format == "json" and grammar is None:
+            grammar = self.json_grammar or json_grammar()
+        conversation = args.conversation or (conversations.DEFAULT if args.chat else None)
+        images = None
+        if args.image:
+            try:
+                images = [load_image(x, user_ns=self.ip.user_ns) for x in args.image]
+            except LLMMagicError as e:
+                raise UsageError(str(e)) from None
+            for image in images:
+                if image.note:
+                    log.warning("llm_magic: %s", image.note)
+        answer = self.run_ask(
+            prompt,
+            model=args.model,
+            timeout=args.timeout,
+            max_tokens=args.max_tokens,
+            raw=args.raw,
+            system=args.system,
+            conversation=conversation,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repeat_penalty=args.repeat_penalty,
+            seed=args.seed,
+            stop=args.stop,
+            grammar=grammar,
+            format=args.format,
+            images=images,
+        )
+        result: Any = answer
+        if args.format == "code":
+            code = first_code_block(answer)
+            self.ip.set_next_input(code if code is not None else answer.text.strip(), replace=False)
+        elif args.format == "json":
+            try:
+                result = parse_json_answer(answer)
+            except LLMMagicError as e:
+                raise UsageError(str(e)) from None
+        if args.output:
+            self.ip.user_ns[args.output] = result
+
+    def run_ask(self, prompt: str, format: str = "markdown", **options: Any) -> Answer:
+        """Stream one answer into the cell output and return it."""
+        try:
+            # a kernel shutdown or restart request (handled on ipykernel's control thread) sets
+            # shell.exit_now: stop at the next token so the kernel exits at once
+            stream = Stream(prompt, cancel_if=lambda: getattr(self.shell, "exit_now", False), **options)
+        except LLMMagicError as e:
+            raise UsageError(str(e)) from None
+        view = StreamDisplay(markdown=format == "markdown")
+        stream.on_status = view.status
+        stream.defer_log = True  # the timeout log line goes under the answer, not into it
+        view.start()
+        try:
+            answer = stream.consume(on_chunk=view.add)
+        except BaseException as e:
+            view.finish(marker=f"⚠ {e}" if not isinstance(e, LLMMagicError) else None, final_text=view.text)
+            if isinstance(e, LLMMagicError) and e.user_error:
+                raise UsageError(str(e)) from None
+            raise
+        view.finish(marker=answer.marker())
+        stream.log_timeout()
+        return answer
+
+    # ---- %llm ------------------------------------------------------------------------------
+
+    @no_var_expand
+    @line_magic
+    def llm(self, line: str) -> Any:
+        """Manage models and conversations: %llm help lists the subcommands."""
+        return dispatch(self, line)

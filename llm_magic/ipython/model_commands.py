@@ -1,0 +1,111 @@
+"""``%llm`` commands about models: status, load, unload, alias, aliases."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from .. import runtime
+from ..errors import LLMMagicError
+from ..settings import check_alias
+from ..specs import resolve_spec_path
+from .command_table import command
+from .parsing import options_text, split_words
+
+if TYPE_CHECKING:
+    from .magics import AskMagics
+
+
+def _alias_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%llm alias", add_help=False, description="Add a model alias for this session.")
+    parser.add_argument("name")
+    parser.add_argument("path", nargs="?")
+    parser.add_argument("--base-url", dest="base_url")
+    parser.add_argument("--model", dest="model")
+    parser.add_argument("--api-key-env", dest="api_key_env")
+    parser.add_argument("--endpoint", choices=("chat", "completions"))
+    parser.add_argument("--n-ctx", type=int, dest="n_ctx")
+    parser.add_argument("--n-threads", type=int, dest="n_threads")
+    parser.add_argument("--n-batch", type=int, dest="n_batch")
+    parser.add_argument("--chat", choices=("auto", "completion"))
+    parser.add_argument("--no-mlock", action="store_true", dest="no_mlock")
+    return parser
+
+
+ALIAS_PARSER = _alias_parser()
+
+
+@command("status", "models in the cache: state, size, load time, uses, last use, mlock, error")
+def status(magics: AskMagics, rest: str) -> None:
+    from .. import status_table
+
+    print(status_table())
+
+
+@command("load NAME [--wait]", "start loading a model in the background (--wait: until it is ready)")
+def load(magics: AskMagics, rest: str) -> None:
+    from .. import preload
+
+    words = split_words(rest)
+    wait = "--wait" in words
+    names = [w for w in words if w != "--wait"]
+    if not names or any(w.startswith("-") for w in names):
+        raise UsageError("usage: %llm load NAME [NAME ...] [--wait]")
+    entries = preload(*names)
+    if not wait:
+        print(f"loading in the background: {', '.join(e.name for e in entries)}")
+        return
+    started = time.monotonic()
+    for entry in entries:
+        runtime.get().cache.get(entry.spec)
+    print(f"ready in {time.monotonic() - started:.2f} s: {', '.join(e.name for e in entries)}")
+
+
+@command("unload NAME | --all", "close one model, or every model, and free the memory")
+def unload(magics: AskMagics, rest: str) -> None:
+    from .. import unload as unload_models
+
+    words = split_words(rest)
+    if words == ["--all"]:
+        n = unload_models(all=True)
+    elif len(words) == 1 and not words[0].startswith("-"):
+        n = unload_models(words[0])
+    else:
+        raise UsageError("usage: %llm unload NAME | %llm unload --all")
+    print(f"unloaded {n} model{'s' if n != 1 else ''}")
+
+
+@command("alias NAME PATH [--n-ctx N ...]", "add a model alias for this session (PATH or --base-url URL)")
+def alias(magics: AskMagics, rest: str) -> None:
+    args = ALIAS_PARSER.parse_args(split_words(rest, "%llm alias"))
+    spec: dict[str, object] = {"path": args.path} if args.path else {}
+    for key in ("n_ctx", "n_threads", "n_batch", "chat", "base_url", "model", "api_key_env", "endpoint"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    if args.no_mlock:
+        spec["use_mlock"] = False
+    try:
+        check_alias(args.name, spec)
+        if isinstance(spec.get("path"), str):
+            resolve_spec_path(str(spec["path"]))
+    except LLMMagicError as e:
+        raise UsageError(str(e)) from None
+    magics.add_alias(args.name, spec)
+    target = spec.get("path") or spec.get("base_url")
+    print(f"alias {args.name} -> {target} {options_text(spec)}".rstrip())
+
+
+@command("aliases", "list the model aliases")
+def aliases(magics: AskMagics, rest: str) -> None:
+    known = magics.aliases()
+    if not known:
+        print("no aliases (set AskMagics.models, or %llm alias NAME PATH)")
+        return
+    width = max(len(n) for n in known)
+    for name, spec in sorted(known.items()):
+        source = "session" if name in magics.session_aliases else "config"
+        target = spec.get("path") or spec.get("base_url")
+        print(f"{name:<{width}}  {target}  {options_text(spec)}  ({source})".rstrip())

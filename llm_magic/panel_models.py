@@ -1,0 +1,195 @@
+"""What the ask panel says about models and requests: which models the dropdown offers, the
+state of each (ready, loading, failed, not loaded, missing), and the status line: the selected
+model's state while nothing runs, the request's ``progress()`` while it runs, the answer's
+numbers at the end (and the ``Answer`` of a run that raised). Pure functions of the cache, the
+settings and the request: no widgets here.
+
+Read-only: nothing here creates the model cache (``runtime.get().cache_if_open()``), so merely
+showing a panel loads nothing and starts no thread.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import runtime, specs
+from .answer import Answer
+from .cache_entry import FAILED, LOADING, READY, Entry
+from .errors import LLMMagicError
+from .settings import current as current_settings
+from .specs import ModelSpec
+
+if TYPE_CHECKING:
+    from .request import Progress
+
+__all__ = [
+    "model_choices",
+    "state_of",
+    "entry_for",
+    "is_loading",
+    "model_status_html",
+    "answer_status_html",
+    "request_status_html",
+    "failed_answer",
+    "status_html",
+    "BLUE",
+    "GREEN",
+    "ORANGE",
+    "RED",
+]
+
+BLUE, GREEN, ORANGE, RED = "#1565c0", "#2e7d32", "#ef6c00", "#c62828"
+
+
+def status_html(icon: str, text: str, color: str = "inherit") -> str:
+    """One status line: an icon and escaped text (error messages may quote model output)."""
+    return f'<span style="color:{color}">{html.escape(icon + " " + text)}</span>'
+
+
+def _loaded_entries() -> list[Entry]:
+    cache = runtime.get().cache_if_open()
+    return cache.entries() if cache is not None else []
+
+
+def entry_for(spec: ModelSpec) -> Entry | None:
+    """The cache entry of ``spec`` (or of another spec of the same file), if the cache has one."""
+    cache = runtime.get().cache_if_open()
+    if cache is None:
+        return None
+    entry = cache.entry(spec)
+    if entry is None and spec.path:  # remote specs have no path to match on
+        entry = next((e for e in cache.entries() if e.spec.path == spec.path), None)
+    return entry
+
+
+def state_of(name: str) -> tuple[str, Entry | None, str | None]:
+    """(state, entry, error) of the model ``name``: state is ready/loading/failed/not loaded/missing."""
+    try:
+        spec = specs.resolve(name)
+    except LLMMagicError as exc:
+        return "missing", None, str(exc)
+    entry = entry_for(spec)
+    if entry is None:
+        return "not loaded", None, None
+    if entry.state == FAILED:
+        return "failed", entry, entry.error
+    if entry.state in (READY, LOADING):
+        return entry.state, entry, None
+    return "not loaded", entry, None
+
+
+def is_loading(name: str | None) -> bool:
+    """Is the model ``name`` loading right now?"""
+    return bool(name) and state_of(name or "")[0] == LOADING
+
+
+def model_choices(extra: str | None = None) -> list[tuple[str, str]]:
+    """Dropdown options ``(label, value)``: ``extra`` (a model passed to the panel), the default
+    model, configured and session aliases and loaded models, each once, labelled with its state.
+    ``value`` is what ``Stream(model=...)`` takes: an alias or a path."""
+    aliases = current_settings().aliases()
+    default = specs.default_model_name()
+    candidates: list[str] = []
+    if extra:
+        candidates.append(extra)
+    if default:
+        candidates.append(default)
+    candidates.extend(aliases)
+    candidates.extend(e.spec.name if e.spec.name in aliases else e.spec.path for e in _loaded_entries())
+    out: list[tuple[str, str]] = []
+    seen: set[object] = set()
+    for value in candidates:
+        key: object
+        try:
+            spec = specs.resolve(value)
+            key, shown = spec.key, spec.display_name  # an alias and its path are one cache entry
+            if value in aliases:
+                base = os.path.basename(spec.path)  # empty for a remote server
+                shown = f"{value} ({base})" if base else value
+        except LLMMagicError:
+            key, shown = value, value
+        if key in seen:
+            continue
+        seen.add(key)
+        prefix = "default · " if value == default else ""
+        out.append((f"{prefix}{shown} — {state_of(value)[0]}", value))
+    return out
+
+
+def model_status_html(name: str | None) -> str:
+    """The status line while nothing runs: the selected model's state (or why there is none)."""
+    if not name:
+        return status_html("✖", specs.no_model_message(), RED)
+    state, entry, error = state_of(name)
+    label = entry.name if entry is not None else name
+    if state == "loading" and entry is not None:
+        return status_html("◌", f"{label}: loading ({entry.loading_for():.0f} s)", BLUE)
+    if state == "failed":
+        return status_html("✖", f"{label}: failed — {error}", RED)
+    if state == "missing":
+        return status_html("✖", f"{error}", RED)
+    if state == "ready":
+        return status_html("●", f"{label}: ready", GREEN)
+    return status_html("◌", f"{label}: not loaded (loads on the first Ask)")
+
+
+def answer_status_html(a: Answer) -> str:
+    """The status line under a finished answer: model, tokens, speed, first token, finish reason."""
+    parts = [a.model or "model", f"{a.n_tokens} tokens"]
+    if a.tokens_per_s:
+        parts.append(f"{a.tokens_per_s:.0f} tokens/s")
+    if a.ttft_s is not None:
+        parts.append(f"first token {a.ttft_s:.2f} s")
+    parts.append(f"finish: {a.finish_reason}")
+    if a.finish_reason == "error":
+        parts.append(a.error or "")
+        return status_html("✖", " · ".join(parts), RED)
+    return status_html("●", " · ".join(parts), GREEN if a.finish_reason in ("stop", "length") else ORANGE)
+
+
+def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False) -> str:
+    """The status line while ``stream`` runs, from its ``progress()`` (phase, tokens, tokens/s).
+
+    A stream-like object without ``progress()`` gets a generic line counting the ``n_pieces``
+    it has sent."""
+    progress = getattr(stream, "progress", None)
+    p: Progress | None = None
+    if callable(progress):
+        try:
+            p = progress()
+        except Exception:  # noqa: BLE001 - a stream-like object's own progress(): cosmetic, never fatal
+            p = None
+    name = p.model if p is not None else getattr(stream, "model_name", "model")
+    if stopping or (p is not None and p.stopping):
+        return status_html("◌", f"{name}: stopping…", ORANGE)
+    if p is None:
+        return status_html("◌", f"{name}: generating · {n_pieces} chunks" if n_pieces else f"{name}: generating…", BLUE)
+    if p.n_tokens:
+        parts = [f"{name}: generating", f"{p.n_tokens} tokens"]
+        if p.tokens_per_s:
+            parts.append(f"{p.tokens_per_s:.0f} tokens/s")
+        if p.ttft_s is not None:
+            parts.append(f"first token {p.ttft_s:.2f} s")
+        return status_html("◌", " · ".join(parts), BLUE)
+    if p.phase in ("start", "load"):
+        loading = p.loading_s if p.loading_s is not None else p.elapsed_s
+        return status_html("◌", f"{name}: loading ({loading:.0f} s)", BLUE)
+    if p.phase == "queue":
+        return status_html("◌", f"{name}: waiting for the model (busy with another request, {p.elapsed_s:.0f} s)", BLUE)
+    if p.phase == "prompt":
+        return status_html("◌", f"{name}: reading the prompt…", BLUE)
+    return status_html("◌", f"{name}: generating…", BLUE)
+
+
+def failed_answer(stream: Any, answer: Answer | None, error: BaseException | None, text: str) -> Answer:
+    """The ``Answer`` to show when a request raised ``error`` (or ended without an answer):
+    the partial text (``text`` if there is no answer) with ``finish_reason="error"``."""
+    if error is None:
+        message = "the generation ended without an answer"
+    else:
+        message = str(error) if isinstance(error, LLMMagicError) else f"{type(error).__name__}: {error}"
+    meta = answer.__dict__.copy() if answer is not None else {"model": getattr(stream, "model_name", "")}
+    meta.update(finish_reason="error", error=message)
+    return Answer(answer.text if answer is not None else text, **meta)

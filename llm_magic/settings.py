@@ -1,0 +1,283 @@
+"""Every option of llm_magic, written once: its default, its help, its validation and its parsing.
+
+``Settings`` is a traitlets ``HasTraits`` without IPython. The IPython front end's ``AskMagics``
+subclasses it, so ``%config AskMagics.timeout = 30`` and ``ipython_config.py`` set these very
+traits, and while the extension is loaded the magics object *is* the current settings
+(``use(magics)``): one object, no copies to keep in step. Plain-Python use reads ``current()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from traitlets import Bool, Dict, Float, HasTraits, Int, List, TraitError, Unicode, Union, validate
+
+from .errors import ConfigError
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "grammar")
+
+# Options a model alias (an entry of ``models``) may carry, and their types.
+SPEC_TYPES: dict[str, type] = {
+    "path": str,
+    "n_ctx": int,
+    "n_threads": int,
+    "n_threads_batch": int,
+    "n_batch": int,
+    "use_mlock": bool,
+    "use_mmap": bool,
+    "chat": str,
+    "mmproj": str,
+    "chat_handler": str,
+    "base_url": str,
+    "model": str,
+    "api_key_env": str,
+    "endpoint": str,
+}
+SPEC_KEYS = tuple(SPEC_TYPES)
+VISION_HANDLERS = (
+    "auto",
+    "mtmd",
+    "llava15",
+    "llava16",
+    "gemma3",
+    "gemma4",
+    "qwen25vl",
+    "minicpmv26",
+    "moondream",
+    "nanollava",
+    "llama3-vision-alpha",
+    "obsidian",
+)
+
+_SAMPLING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda v: v >= 0, ">= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "repeat_penalty": (lambda v: v > 0, "> 0"),
+    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def check_request(timeout: float | None, max_tokens: int | None, sampling: Mapping[str, Any]) -> None:
+    """Validate one request's options; ``ConfigError`` names the rule that failed."""
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(SAMPLING_KEYS)}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens}")
+    for key, (ok, rule) in _SAMPLING_RULES.items():
+        if sampling.get(key) is not None and not ok(sampling[key]):
+            raise ConfigError(f"{key} must be {rule}, got {sampling[key]}")
+    stop = sampling.get("stop")
+    if stop is not None and not (isinstance(stop, str) or all(isinstance(x, str) and x for x in stop)):
+        raise ConfigError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+
+
+def check_alias(name: str, options: Mapping[str, Any]) -> None:
+    """Check a model alias's keys and value types; errors name the valid keys."""
+    unknown = sorted(set(options) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+    if "path" not in options and "base_url" not in options:
+        raise ConfigError(f"model {name!r}: a spec needs a 'path' (a GGUF file) or a 'base_url' (a server)")
+    if "path" in options and "base_url" in options:
+        raise ConfigError(f"model {name!r}: give either 'path' or 'base_url', not both")
+    url = options.get("base_url", "")
+    if url and not str(url).startswith(("http://", "https://")):
+        raise ConfigError(f"model {name!r}: base_url must start with http:// or https://, got {url!r}")
+    if "mmproj" in options and "path" not in options:
+        raise ConfigError(f"model {name!r}: 'mmproj' (a vision projector) goes with a local 'path'")
+    if options.get("chat_handler", "auto") not in VISION_HANDLERS:
+        raise ConfigError(f"model {name!r}: chat_handler must be one of {', '.join(VISION_HANDLERS)}")
+    if options.get("endpoint", "chat") not in ("chat", "completions"):
+        raise ConfigError(f"model {name!r}: endpoint must be 'chat' or 'completions'")
+    if options.get("chat", "auto") not in ("auto", "completion"):
+        raise ConfigError(f"model {name!r}: chat must be 'auto' or 'completion', got {options['chat']!r}")
+    for key, value in options.items():
+        kind = SPEC_TYPES[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"model {name!r}: {key} must be a {kind.__name__}, got {value!r}")
+        if isinstance(value, int) and kind is int and value < (0 if key.startswith("n_threads") else 1):
+            raise ConfigError(f"model {name!r}: {key} must be positive, got {value}")
+
+
+def parse_bytes(value: Any) -> int:
+    """``memory_budget``: bytes (int), "8GB"/"512MB", or "50%" of physical RAM; 0/""/None = none."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip().upper().replace(" ", "")
+    if text.endswith("%"):
+        import psutil
+
+        return int(psutil.virtual_memory().total * float(text[:-1]) / 100)
+    for unit, factor in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(float(text))
+
+
+def parse_seconds(value: Any) -> float | None:
+    """``keep_alive``: seconds, or "forever"/None/negative for never."""
+    if value in (None, "") or (isinstance(value, str) and value.strip().lower() == "forever"):
+        return None
+    seconds = float(value)
+    return None if seconds < 0 else seconds
+
+
+class Settings(HasTraits):
+    """llm_magic's options. Set them with ``%config AskMagics.NAME = ...``, in ``ipython_config.py``
+    (``c.AskMagics.NAME = ...``) or from Python: ``llm_magic.current_settings().NAME = ...``."""
+
+    model = Unicode(
+        "",
+        help="Default model: an alias from `models` or a GGUF path. "
+        "Falls back to $LLM_MAGIC_MODEL, then the default-model extra.",
+    ).tag(config=True)
+    preload = List(
+        Unicode(),
+        default_value=None,
+        allow_none=True,
+        help="Models to load in the background on %load_ext (default: the default model).",
+    ).tag(config=True)
+    timeout = Float(120.0, help="Seconds per ask, counted from the start of the cell (load wait included).").tag(
+        config=True
+    )
+    max_tokens = Int(512, help="Most tokens generated per answer.").tag(config=True)
+    n_ctx = Int(4096, help="Context window (capped at the model's trained length).").tag(config=True)
+    n_threads = Int(0, help="Threads for llama.cpp; 0 = all physical cores.").tag(config=True)
+    use_mlock = Bool(True, help="Lock model pages in RAM (falls back to off if the OS refuses).").tag(config=True)
+    temperature = Float(0.7, help="Default sampling temperature (0 = greedy).").tag(config=True)
+    top_p = Float(0.95, help="Default nucleus sampling threshold, in (0, 1].").tag(config=True)
+    top_k = Int(40, help="Default top-k sampling (0 = off).").tag(config=True)
+    repeat_penalty = Float(1.0, help="Default repetition penalty (1.0 = off).").tag(config=True)
+    seed = Int(-1, help="Default sampling seed; -1 = random.").tag(config=True)
+    system = Unicode("", help="Default system prompt.").tag(config=True)
+    stop = List(Unicode(), help="Default stop strings.").tag(config=True)
+    models = Dict(
+        help="Aliases: {'name': {'path': ..., 'n_ctx': ..., ...}} or "
+        "{'name': {'base_url': 'http://host:8080/v1', 'model': ...}}."
+    ).tag(config=True)
+    max_loaded_models = Int(
+        0, help="Most models loaded at once (0 = no limit); loading one more evicts the least recently used idle model."
+    ).tag(config=True)
+    memory_budget = Union(
+        [Int(), Unicode()],
+        default_value=0,
+        help="Most bytes of model files loaded at once: bytes, '8GB', or '50%' of RAM "
+        "(0 = no limit). Least recently used idle models are evicted.",
+    ).tag(config=True)
+    keep_alive = Union(
+        [Float(), Unicode()],
+        default_value="forever",
+        help="Unload a model idle for this many seconds ('forever' = never).",
+    ).tag(config=True)
+    vision_model = Unicode(
+        "", help="The model `%%ask --image` uses when no -m is given (an alias with 'path' and 'mmproj')."
+    ).tag(config=True)
+    json_grammar = Unicode(
+        "", help="GBNF grammar that constrains `-f json` answers (default: llama.cpp's JSON grammar)."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session_aliases: dict[str, dict[str, Any]] = {}  # %llm alias: this session only
+
+    # ---- parsed values ----------------------------------------------------------------------
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        return parse_seconds(self.keep_alive)
+
+    def aliases(self) -> dict[str, dict[str, Any]]:
+        """Configured aliases with this session's ``%llm alias`` ones on top."""
+        return {**self.models, **self.session_aliases}
+
+    def add_alias(self, name: str, options: dict[str, Any]) -> None:
+        check_alias(name, options)
+        self.session_aliases[name] = options
+
+    # ---- validation: a bad value is refused with one line -------------------------------------
+
+    def _fail(self, proposal: Any, rule: str) -> TraitError:
+        return TraitError(f"{type(self).__name__}.{proposal['trait'].name} {rule}, got {proposal['value']!r}")
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: Any) -> Any:
+        if not proposal["value"] > 0:
+            raise self._fail(proposal, "must be > 0 seconds")
+        return proposal["value"]
+
+    @validate("max_tokens", "n_ctx")
+    def _check_positive(self, proposal: Any) -> Any:
+        if proposal["value"] <= 0:
+            raise self._fail(proposal, "must be > 0")
+        return proposal["value"]
+
+    @validate("n_threads", "max_loaded_models")
+    def _check_not_negative(self, proposal: Any) -> Any:
+        if proposal["value"] < 0:
+            raise self._fail(proposal, "must be >= 0 (0 = automatic / no limit)")
+        return proposal["value"]
+
+    @validate("temperature", "top_p", "top_k", "repeat_penalty")
+    def _check_sampling(self, proposal: Any) -> Any:
+        name = proposal["trait"].name
+        ok, rule = _SAMPLING_RULES[name]
+        if not ok(proposal["value"]):
+            raise self._fail(proposal, f"must be {rule}")
+        return proposal["value"]
+
+    @validate("memory_budget")
+    def _check_budget(self, proposal: Any) -> Any:
+        try:
+            if parse_bytes(proposal["value"]) < 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise self._fail(proposal, "must be bytes, '8GB' or '50%'") from None
+        return proposal["value"]
+
+    @validate("keep_alive")
+    def _check_keep_alive(self, proposal: Any) -> Any:
+        try:
+            parse_seconds(proposal["value"])
+        except (ValueError, TypeError):
+            raise self._fail(proposal, "must be seconds or 'forever'") from None
+        return proposal["value"]
+
+    @validate("models")
+    def _check_models(self, proposal: Any) -> Any:
+        for name, spec in proposal["value"].items():
+            if not isinstance(spec, dict):
+                raise TraitError(f"{type(self).__name__}.models[{name!r}] must be a dict with a 'path' or 'base_url'")
+            try:
+                check_alias(name, spec)
+            except ConfigError as e:
+                raise TraitError(f"{type(self).__name__}.models: {e}") from None
+        return proposal["value"]
+
+
+_current: Settings = Settings()
+_lock = threading.Lock()
+
+
+def current() -> Settings:
+    """The settings every request reads: the loaded ``AskMagics`` or a plain ``Settings``."""
+    return _current
+
+
+def use(settings: Settings | None) -> Settings:
+    """Make ``settings`` current (``None``: fresh defaults). Returns the previous one."""
+    global _current
+    with _lock:
+        previous, _current = _current, settings if settings is not None else Settings()
+    return previous

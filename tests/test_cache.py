@@ -1,0 +1,317 @@
+"""llm_magic.cache: ``ModelCache`` on real tiny GGUF models — each model built once per spec,
+concurrent loads sharing one load, background failures, unloading, a bounded close_all, LRU
+eviction (max_loaded_models, memory_budget), keep_alive, busy models never evicted, a model file
+replaced on disk, and an abandoned load."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import types
+
+import pytest
+
+import llm_magic
+from llm_magic import cache as cache_mod
+from llm_magic import runtime
+from llm_magic.cache import ModelCache
+from llm_magic.engines import load_engine
+from llm_magic.errors import CacheClosed, ConfigError, LoadTimeout, ModelLoadError
+from llm_magic.settings import parse_bytes, parse_seconds
+from llm_magic.specs import resolve
+
+from conftest import run
+from tiny_gguf import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("three")
+    return [str(write_tiny_model(d / f"m{i}.gguf", seed=10 + i)) for i in range(3)]
+
+
+def states() -> dict[str, str]:
+    return {os.path.basename(e.spec.path): e.state for e in runtime.get().cache.entries()}
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def test_model_is_built_once_per_spec(tiny_model, llama_constructions):
+    for _ in range(3):
+        llm_magic.ask("hi", model=tiny_model, max_tokens=5)
+    assert llama_constructions["n"] == 1
+    assert runtime.get().cache.constructions == 1
+    [info] = llm_magic.models()
+    assert info["uses"] == 3 and info["state"] == "ready" and info["load_s"] > 0
+    assert set(info) >= {"name", "path", "state", "size_bytes", "load_s", "uses", "last_used", "error"}
+    assert info["size_bytes"] == os.path.getsize(tiny_model)
+    # other load options are another spec, so another model
+    llm_magic.current_settings().n_ctx = 512
+    llm_magic.ask("hi", model=tiny_model, max_tokens=5)
+    assert llama_constructions["n"] == 2 and len(runtime.get().cache.entries()) == 2
+
+
+def test_concurrent_loads_share_one_load(tiny_model, llama_constructions):
+    def slow_loader(spec, abort=None):
+        time.sleep(0.5)
+        return load_engine(spec, abort)
+
+    cache = ModelCache(loader=slow_loader)
+    try:
+        spec = resolve(tiny_model)
+        entries: list = []
+        threads = [
+            threading.Thread(target=lambda: entries.append(cache.get(spec, deadline=time.monotonic() + 30)))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(entries) == 4 and all(e is entries[0] for e in entries)
+        assert entries[0].state == "ready" and entries[0].model is not None
+        assert llama_constructions["n"] == 1 and cache.constructions == 1
+    finally:
+        cache.close_all()
+
+
+def test_concurrent_asks_share_one_load(tiny_model, llama_constructions, monkeypatch):
+    real = cache_mod.load_engine
+    monkeypatch.setattr(cache_mod, "load_engine", lambda spec, abort=None: (time.sleep(0.5), real(spec, abort))[1])
+    answers = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(llm_magic.ask("x", model=tiny_model, max_tokens=3)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 4 and all(a.finish_reason == "length" for a in answers)
+    assert llama_constructions["n"] == 1
+
+
+def test_a_load_past_the_deadline_goes_on_in_the_background(tiny_model):
+    gate = threading.Event()
+    cache = ModelCache(loader=lambda spec, abort=None: (gate.wait(30), load_engine(spec, abort))[1])
+    try:
+        spec = resolve(tiny_model)
+        with pytest.raises(LoadTimeout, match="still loading"):
+            cache.get(spec, deadline=time.monotonic() + 0.2)
+        [entry] = cache.entries()
+        assert entry.state == "loading" and entry.loading_for() > 0
+        gate.set()
+        assert cache.get(spec, deadline=time.monotonic() + 30) is entry and entry.state == "ready"
+    finally:
+        gate.set()
+        cache.close_all()
+
+
+def test_background_failure_is_kept_raised_once_then_retried(corrupt_files, monkeypatch):
+    path = str(corrupt_files["not_gguf"])
+    calls = {"n": 0}
+    real = cache_mod.load_engine
+
+    def counting(spec, abort=None):
+        calls["n"] += 1
+        return real(spec, abort)
+
+    monkeypatch.setattr(cache_mod, "load_engine", counting)
+    [entry] = llm_magic.preload(path)
+    entry.future.exception(timeout=10)
+    assert entry.state == "failed" and "not a GGUF" in entry.error and not entry.error_reported
+    assert "failed" in llm_magic.status_table()  # kept for the status
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        llm_magic.ask("x", model=path)
+    assert calls["n"] == 1  # the background load's error was raised, not a new load's
+    # asking again retries the load (and fails again, the same clear way)
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        llm_magic.ask("x", model=path)
+    assert calls["n"] == 2
+
+
+# ---- unloading ----------------------------------------------------------------------------------
+
+
+def test_unload_one_model(tiny_model, tiny_model_b):
+    llm_magic.ask("x", model=tiny_model, max_tokens=2)
+    llm_magic.ask("x", model=tiny_model_b, max_tokens=2)
+    [first] = runtime.get().cache.find("tiny.gguf")
+    model = first.model
+    assert llm_magic.unload("tiny.gguf") == 1
+    assert model.closed and first.state == "unloaded"
+    assert [m["name"] for m in llm_magic.models()] == ["tiny-b.gguf"]
+    with pytest.raises(ConfigError, match="no loaded model"):
+        llm_magic.unload("tiny.gguf")
+    assert llm_magic.ask("x", model=tiny_model, max_tokens=2).n_tokens == 2  # reloads on demand
+
+
+def test_unload_while_another_thread_streams_is_safe(tiny_model):
+    result = {}
+    started = threading.Event()
+
+    def long_ask():
+        s = llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=60)
+        result["a"] = s.consume(lambda _chunk: started.set())
+
+    t = threading.Thread(target=long_ask)
+    t.start()
+    assert started.wait(30)
+    assert llm_magic.unload(tiny_model) == 1
+    t.join(10)
+    assert not t.is_alive() and result["a"].finish_reason == "cancelled" and len(result["a"]) > 0
+    assert llm_magic.ask("again", model=tiny_model, max_tokens=3).n_tokens == 3  # reloaded
+
+
+def test_cache_close_all_is_bounded_even_when_a_load_hangs(tiny_model):
+    gate = threading.Event()
+    c = ModelCache(loader=lambda spec, abort=None: (gate.wait(30), types.SimpleNamespace(close=lambda: None))[1])
+    entry = c.load(resolve(tiny_model))
+    t0 = time.monotonic()
+    c.close_all(timeout=0.5)
+    assert time.monotonic() - t0 < 2
+    assert c.closed and entry.abort.is_set()  # the hanging load was told to give up
+    with pytest.raises(CacheClosed):
+        c.load(resolve(tiny_model))
+    gate.set()
+
+
+# ---- memory budget ------------------------------------------------------------------------------
+
+
+def test_max_loaded_models_evicts_the_least_recently_used_idle_model(three_models, caplog):
+    a, b, c = three_models
+    llm_magic.current_settings().max_loaded_models = 2
+    llm_magic.ask("x", model=a, max_tokens=2)
+    llm_magic.ask("x", model=b, max_tokens=2)
+    llm_magic.ask("x", model=a, max_tokens=2)  # a is now the most recently used
+    llm_magic.ask("x", model=c, max_tokens=2)
+    assert states() == {"m0.gguf": "ready", "m1.gguf": "unloaded", "m2.gguf": "ready"}
+    assert "evicted m1.gguf" in caplog.text
+    assert "unloaded (evicted)" in llm_magic.status_table() and "max_loaded_models=2" in llm_magic.status_table()
+    again = llm_magic.ask("x", model=b, max_tokens=2)  # reloads on demand, evicting a's neighbour
+    assert again.n_tokens == 2 and states()["m1.gguf"] == "ready"
+    assert states()["m0.gguf"] == "unloaded"  # a was used before c: a goes
+    assert sum(s == "ready" for s in states().values()) == 2
+
+
+def test_a_busy_model_is_never_evicted(three_models, caplog):
+    a, b, c = three_models
+    llm_magic.current_settings().max_loaded_models = 1
+    s = llm_magic.stream("long", model=a, max_tokens=200, timeout=120)
+    first = next(s)  # a is generating (suspended mid-stream, holding its model)
+    assert first
+    result = llm_magic.ask("x", model=b, max_tokens=2)  # over the limit, but a is busy: a stays
+    assert result.n_tokens == 2
+    assert states()["m0.gguf"] == "ready"
+    assert "goes over max_loaded_models=1" in caplog.text
+    rest = s.consume()
+    assert rest.finish_reason in ("length", "stop") and not rest.partial  # a's generation was never killed
+    assert rest.startswith(first)
+
+
+def test_memory_budget(three_models):
+    a, b, c = three_models
+    size = os.path.getsize(a)
+    llm_magic.current_settings().memory_budget = int(size * 2.5)
+    for m in (a, b, c):
+        llm_magic.ask("x", model=m, max_tokens=2)
+    assert states() == {"m0.gguf": "unloaded", "m1.gguf": "ready", "m2.gguf": "ready"}
+    assert "memory_budget=" in runtime.get().cache.find("m0.gguf")[0].note
+    assert parse_bytes("50%") > 0 and parse_bytes("1GB") == 1 << 30
+    assert parse_bytes("512MB") == 512 << 20 and parse_bytes(0) == 0
+
+
+def test_keep_alive_unloads_idle_models(three_models):
+    a, b, _ = three_models
+    llm_magic.current_settings().keep_alive = 0.5
+    llm_magic.ask("x", model=a, max_tokens=2)
+    deadline = time.monotonic() + 10
+    while states().get("m0.gguf") != "unloaded" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert states()["m0.gguf"] == "unloaded"
+    assert "keep_alive" in runtime.get().cache.entries()[0].note
+    assert llm_magic.ask("x", model=a, max_tokens=2).n_tokens == 2  # reloads on demand
+    assert parse_seconds("forever") is None and parse_seconds(30) == 30
+
+
+def test_budget_settings_through_config(ip, caplog):
+    run(ip, "%config AskMagics.max_loaded_models = 2")
+    run(ip, "%config AskMagics.memory_budget = '40%'")
+    run(ip, "%config AskMagics.keep_alive = 300")
+    s = llm_magic.current_settings()
+    assert (s.max_loaded_models, s.memory_budget, s.keep_alive) == (2, "40%", 300)
+    assert s.memory_budget_bytes > 0 and s.keep_alive_s == 300
+    run(ip, "%config AskMagics.memory_budget = 'lots'")  # %config logs the refusal, never raises
+    run(ip, "%config AskMagics.keep_alive = 'sometimes'")
+    run(ip, "%config AskMagics.max_loaded_models = -1")
+    assert "memory_budget must be bytes" in caplog.text
+    assert "keep_alive must be seconds or 'forever'" in caplog.text
+    assert "max_loaded_models must be >= 0" in caplog.text
+    assert (s.max_loaded_models, s.memory_budget, s.keep_alive) == (2, "40%", 300)  # the old values stay
+
+
+# ---- files on disk ------------------------------------------------------------------------------
+
+
+def test_a_replaced_file_is_reloaded_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "model.gguf"
+    write_tiny_model(path, seed=1)
+    first = llm_magic.ask("hello", model=str(path), max_tokens=10, temperature=0)
+    cache = runtime.get().cache
+    old_model = cache.entries()[0].model
+    replacement = tmp_path / "new.gguf"
+    write_tiny_model(replacement, seed=2)
+    os.replace(replacement, path)  # replaced the safe way: a new file renamed over the old one
+    second = llm_magic.ask("hello", model=str(path), max_tokens=10, temperature=0)
+    assert "changed on disk" in caplog.text
+    assert old_model.closed and cache.entries()[0].model is not old_model
+    assert second != first  # the new weights answer differently
+    assert "the file changed" in cache.entries()[0].note
+    assert cache.constructions == 2
+
+
+# ---- abandoned loads ----------------------------------------------------------------------------
+
+
+def test_a_load_can_be_abandoned(tiny_model):
+    """llama.cpp's progress callback is the only way to stop a load: unload/shutdown use it."""
+    from llm_magic.engines.llama import LocalModel
+
+    abort = threading.Event()
+    abort.set()
+    with pytest.raises(ModelLoadError, match="abandoned"):
+        LocalModel.load(resolve(tiny_model), abort=abort)
+    model = LocalModel.load(resolve(tiny_model), abort=threading.Event())  # not set: loads
+    try:
+        assert not model.closed and model.n_ctx > 0
+        assert len(model.prepare("hello").tokens) > 1
+    finally:
+        model.close()
+    assert model.closed
+
+
+def test_unloading_a_model_that_is_loading_abandons_the_load(tiny_model, llama_constructions):
+    gate, waiting = threading.Event(), threading.Event()
+
+    def gated(spec, abort=None):
+        waiting.set()
+        gate.wait(30)
+        return load_engine(spec, abort)  # the real loader, with the abort event already set
+
+    cache = ModelCache(loader=gated)
+    try:
+        entry = cache.load(resolve(tiny_model))
+        assert waiting.wait(10)
+        assert cache.unload(entry) and entry.abort.is_set()
+        assert cache.entries() == []
+        gate.set()
+        error = entry.future.exception(timeout=30)
+        assert isinstance(error, ModelLoadError) and "abandoned" in str(error)
+        assert cache.constructions == 0 and entry.model is None
+        assert llama_constructions["n"] == 1  # llama.cpp started, and gave up at its progress callback
+    finally:
+        gate.set()
+        cache.close_all()
