@@ -7,7 +7,7 @@ from IPython.core.error import UsageError
 
 from llm_magic.errors import ConfigError
 from llm_magic.ipython import command_table
-from llm_magic.ipython.command_table import COMMANDS, Command, help_text
+from llm_magic.ipython.command_table import COMMANDS, Command, help_text, listed
 
 from conftest import run, run_error
 
@@ -28,9 +28,10 @@ def test_help_is_generated_from_the_table(ip):
     assert out.strip() == help_text().strip()
     lines = out.strip().splitlines()
     assert len(lines) == len(COMMANDS)
-    for entry, line in zip(COMMANDS.values(), lines, strict=True):  # in the table's order, one line each
+    assert [c.name for c in listed()][:3] == ["status", "load", "unload"]  # model commands first, as defined
+    for entry, line in zip(listed(), lines, strict=True):  # in the table's order, one line each
         assert line.startswith(f"%llm {entry.usage} ") and line.endswith(entry.help)
-    columns = {line.index(entry.help) for entry, line in zip(COMMANDS.values(), lines, strict=True)}
+    columns = {line.index(entry.help) for entry, line in zip(listed(), lines, strict=True)}
     assert len(columns) == 1  # the help texts line up
 
 
