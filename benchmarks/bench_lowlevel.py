@@ -32,9 +32,11 @@ def fast_stream(llm, tokens: list[int], max_tokens: int, stop: list[str]) -> Ite
     """Greedy generation on the low-level API: yields text pieces (stop strings cut, UTF-8 safe)."""
     import llama_cpp as lc
 
-    ctx, vocab = llm._ctx.ctx, llm._model.vocab
+    from llm_magic.engines import llama_private as private
+
+    ctx, vocab = private.native_context(llm), private.vocab(llm)
     lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
-    llm.n_tokens = 0  # the high-level object's view of the KV cache: empty now
+    private.set_n_tokens(llm, 0)  # the high-level object's view of the KV cache: empty now
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
     try:

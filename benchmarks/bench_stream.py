@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llm_magic.engines.llama_private import cpu_has_amx
+from llm_magic.engines.llama_memory import use_extra_buffers
 
 from common import ROOT, Kernel, fmt, interleaved, md_table, ok, ratio, summary, threads_for
 
@@ -46,13 +46,14 @@ import json, time
 import llm_magic
 from llm_magic.runtime import get as _runtime
 
-def _bench_local():
-    return [e for e in _runtime().cache.entries() if e.state == "ready"][0].model
+def _bench_entry():
+    return [e for e in _runtime().cache.entries() if e.state == "ready"][0]
 
 def _bench_direct(prompt, max_tokens, seed, raw, stop):
-    local = _bench_local()
+    entry = _bench_entry()
+    local = entry.model
     llm = local.llm
-    with local.lock:
+    with entry.queue.exclusive(60):  # the model's one slot, as a request holds it
         t0 = time.monotonic()
         prepared = local.prepare(prompt, raw=raw)
         first = last = None
@@ -139,7 +140,7 @@ def llama_bench(binary: Path, model: str, threads: int, n_prompt: int, n_gen: in
         "-o",
         "json",
     ]
-    if cpu_has_amx():  # llama.cpp's repacked/AMX weights segfault here; llm_magic loads without them too
+    if not use_extra_buffers():  # as llm_magic loads (AMX CPUs: the repacked weights segfault)
         cmd[-2:-2] = ["--repack", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -161,7 +162,7 @@ def bench_streaming(model: str, reps: int, max_tokens: int, bench_binary: Path |
     threads = threads_for(model)
     results: dict[str, list] = {"ours": [], "direct": [], "llama_bench_tg": [], "llama_bench_pp": [], "ours_pp": []}
     with _start_kernel(model) as k:
-        n_pp = k.value(f"print(json.dumps(len(_bench_local().prepare({PP_PROMPT!r}).tokens)))")
+        n_pp = k.value(f"print(json.dumps(len(_bench_entry().model.prepare({PP_PROMPT!r}).tokens)))")
         sides = ("ours", "direct") + (("llama_bench",) if bench_binary else ())
         for i, side in interleaved(reps, *sides):
             if side == "ours":

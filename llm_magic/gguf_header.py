@@ -112,9 +112,10 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
     if vtype == _ARRAY:
         item_type, count = _unpack(f, "I"), _unpack(f, "Q")
         if item_type in _SCALARS and not keep:  # skip big arrays (token scores) without decoding
-            f.seek(struct.calcsize(_SCALARS[item_type]) * count, os.SEEK_CUR)
-            if f.tell() > os.fstat(f.fileno()).st_size:
+            skip = struct.calcsize(_SCALARS[item_type]) * count
+            if skip > _remaining(f):
                 raise _Truncated
+            f.seek(skip, os.SEEK_CUR)
             return None
         items = [_value(f, item_type, keep) for _ in range(count)]
         return items if keep else None

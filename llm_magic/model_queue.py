@@ -41,6 +41,7 @@ class ModelQueue:
         self._lock = threading.Lock()
         self._holders: list[weakref.ref[QueueUser]] = []
         self._users: weakref.WeakSet[QueueUser] = weakref.WeakSet()  # holding or waiting
+        self._on_idle: Callable[[], None] | None = None  # run once when the last holder releases
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -89,7 +90,12 @@ class ModelQueue:
     def release(self, user: QueueUser) -> None:
         with self._lock:
             self._holders = [r for r in self._holders if r() is not None and r() is not user]
+            on_idle = self._on_idle if not self._holders else None
+            if on_idle is not None:
+                self._on_idle = None
         self._free.release()
+        if on_idle is not None:
+            on_idle()
 
     def holders(self) -> list[QueueUser]:
         with self._lock:
@@ -105,6 +111,14 @@ class ModelQueue:
             user.stop()
         for user in users:
             user.abandon()
+
+    def close_when_idle(self, close: Callable[[], None]) -> None:
+        """Run ``close`` once no request holds a slot: now, or when the last holder releases."""
+        with self._lock:
+            if self._holders:
+                self._on_idle = close
+                return
+        close()
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float) -> Iterator[bool]:

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 
+class ImageLike(Protocol):
+    def data_uri(self) -> str: ...
+
+
 class TurnLike(Protocol):
     user: str
     answer: str
@@ -39,3 +43,12 @@ def chat_messages(
         messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
     messages.append({"role": "user", "content": prompt if content is None else content})
     return messages
+
+
+def image_messages(
+    turns: Sequence[TurnLike], prompt: str, system: str | None, images: Sequence[ImageLike]
+) -> list[dict[str, Any]]:
+    """Chat messages whose last one holds the prompt and the images (OpenAI vision format)."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+    parts += [{"type": "image_url", "image_url": {"url": image.data_uri()}} for image in images]
+    return chat_messages(turns, prompt, system, content=parts)

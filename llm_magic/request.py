@@ -147,7 +147,8 @@ class Stream:
     def progress(self) -> Progress:
         """A snapshot for status lines (safe from any thread)."""
         now = time.monotonic()
-        times, n = self._times, self._n_chunks
+        stats = self._stats  # the engine's token count; text chunks only where it has none
+        times, n = self._times, (stats.n_tokens if stats is not None and stats.n_tokens else self._n_chunks)
         first, last = times.get("first"), times.get("last")
         tps = (n - 1) / (last - first) if first is not None and last is not None and last > first and n > 1 else None
         loading = None
@@ -181,6 +182,9 @@ class Stream:
                 for chunk in self:  # the engine stops within a token; collect what it already made
                     if on_chunk is not None:
                         on_chunk(chunk)
+            except BaseException:  # on_chunk failed: free the model now, keep the partial answer
+                self.close()
+                raise
         assert self.answer is not None  # set by _run's finally
         return self.answer
 
@@ -262,11 +266,10 @@ class Stream:
         self._stats = stats
         times = self._times
         model = entry.model
-        queue = cache.begin_use(entry, model) if model is not None else None
+        queue = cache.begin_use(entry, model, self) if model is not None else None
         if model is None or queue is None:
             return True  # unloaded between the wait and now
         acquired = False
-        queue.join(self)
         try:
             self.phase = "queue"
             acquired = queue.acquire(self, self._should_stop)
@@ -342,8 +345,7 @@ class Stream:
     def _release(self, cache: ModelCache, entry: Entry, queue: ModelQueue, acquired: bool) -> None:
         if acquired:
             queue.release(self)
-        queue.leave(self)
-        cache.end_use(entry, used="gen_start" in self._times)
+        cache.end_use(entry, queue, self, used="gen_start" in self._times)
         self._times["end"] = time.monotonic()
 
     def _finish(self, pieces: list[str], meta: dict[str, Any]) -> Answer:
@@ -376,18 +378,15 @@ def ask(
     return stream(prompt, model=model, timeout=timeout, max_tokens=max_tokens, raw=raw, **options).consume()
 
 
-_mlock_warned = False
-
-
 def _warn_mlock_once(entry: Entry) -> None:
     """Say once per process that mlock was refused; only from the main thread (the load thread
     and the panel's worker must not print into whatever cell happens to run)."""
-    global _mlock_warned
+    rt = runtime.get()
     mlock = str(entry.model.info().get("mlock") or "") if entry.model is not None else ""
     if (
-        not _mlock_warned
+        not rt.mlock_warned
         and mlock.startswith("off (fallback")
         and threading.current_thread() is threading.main_thread()
     ):
-        _mlock_warned = True
+        rt.mlock_warned = True
         log.warning("llm_magic: %s is loaded without mlock (%s)", entry.name, mlock[len("off (fallback: ") : -1])

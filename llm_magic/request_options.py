@@ -38,6 +38,8 @@ def resolve_options(
     timeout = s.timeout if timeout is None else timeout
     max_tokens = s.max_tokens if max_tokens is None else max_tokens
     sampling = dict(sampling)
+    if sampling.get("stop") == "":  # an empty stop string is no stop string: the settings' apply
+        sampling["stop"] = None
     for key in SETTINGS_SAMPLING:
         if sampling.get(key) is None:
             sampling[key] = getattr(s, key)

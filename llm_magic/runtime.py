@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,6 +38,7 @@ class Runtime:
         self._atexit = False
         self.conversations = Conversations()
         self.last_answer: Answer | None = None
+        self.mlock_warned = False  # "loaded without mlock" is said once per process
 
     # ---- parts, created on first use --------------------------------------------------------
 
@@ -87,14 +89,15 @@ class Runtime:
 
     def close(self, timeout: float = 3.0) -> None:
         """Stop requests, close every model, end the worker threads. Idempotent and bounded."""
+        deadline = time.monotonic() + timeout  # one budget for everything: a restart may not wait
         self.stop_all()
         with self._lock:
             cache, self._cache = self._cache, None
             pool, self._pool = self._pool, None
         if cache is not None:
-            cache.close_all(timeout=timeout)
+            cache.close_all(timeout=max(0.05, deadline - time.monotonic()))
         if pool is not None:
-            pool.shutdown(timeout=timeout)
+            pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
 
     def threads(self) -> list[threading.Thread]:
         with self._lock:

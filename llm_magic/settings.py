@@ -36,6 +36,7 @@ SPEC_TYPES: dict[str, type] = {
     "endpoint": str,
 }
 SPEC_KEYS = tuple(SPEC_TYPES)
+REMOTE_KEYS = ("base_url", "model", "api_key_env", "endpoint")  # a server's alias takes these only
 VISION_HANDLERS = (
     "auto",
     "mtmd",
@@ -73,8 +74,13 @@ def check_request(timeout: float | None, max_tokens: int | None, sampling: Mappi
         if sampling.get(key) is not None and not ok(sampling[key]):
             raise ConfigError(f"{key} must be {rule}, got {sampling[key]}")
     stop = sampling.get("stop")
-    if stop is not None and not (isinstance(stop, str) or all(isinstance(x, str) and x for x in stop)):
+    if stop is not None and not stops_ok(stop):
         raise ConfigError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+
+
+def stops_ok(stop: Any) -> bool:
+    """A stop string, or a list of non-empty ones."""
+    return isinstance(stop, str) or all(isinstance(x, str) and x for x in stop)
 
 
 def check_alias(name: str, options: Mapping[str, Any]) -> None:
@@ -86,6 +92,12 @@ def check_alias(name: str, options: Mapping[str, Any]) -> None:
         raise ConfigError(f"model {name!r}: a spec needs a 'path' (a GGUF file) or a 'base_url' (a server)")
     if "path" in options and "base_url" in options:
         raise ConfigError(f"model {name!r}: give either 'path' or 'base_url', not both")
+    wrong = sorted(set(options) - set(REMOTE_KEYS)) if "base_url" in options else []
+    wrong = wrong or (sorted(set(options) & set(REMOTE_KEYS)) if "path" in options else [])
+    if wrong:
+        what = "remote (base_url)" if "base_url" in options else "local (path)"
+        verb = "is" if len(wrong) == 1 else "are"
+        raise ConfigError(f"model {name!r}: {', '.join(wrong)} {verb} not an option of a {what} model")
     url = options.get("base_url", "")
     if url and not str(url).startswith(("http://", "https://")):
         raise ConfigError(f"model {name!r}: base_url must start with http:// or https://, got {url!r}")
@@ -235,6 +247,12 @@ class Settings(HasTraits):
         ok, rule = _SAMPLING_RULES[name]
         if not ok(proposal["value"]):
             raise self._fail(proposal, f"must be {rule}")
+        return proposal["value"]
+
+    @validate("stop")
+    def _check_stop(self, proposal: Any) -> Any:
+        if not stops_ok(proposal["value"]):
+            raise self._fail(proposal, "must be non-empty strings")
         return proposal["value"]
 
     @validate("memory_budget")

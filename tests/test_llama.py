@@ -1,13 +1,10 @@
 """llm_magic.engines.llama: ``LocalModel`` on real tiny GGUF models — chat template vs Q/A prompt,
-stop strings and exact token counts, a long prompt evaluated batch by batch, seeds, corrupt and
-unreadable files, prompts longer than the context window."""
+stop strings and exact token counts, a long prompt evaluated batch by batch, seeds, corrupt files,
+prompts longer than the context window (an unreadable file: tests/integration/test_process.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,6 @@ from llm_magic.engines.base import Engine
 from llm_magic.engines.llama import LocalModel
 from llm_magic.errors import ModelLoadError, PromptTooLong
 from llm_magic.gguf_header import diagnose
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def loaded(path: str) -> LocalModel:
@@ -190,40 +185,3 @@ def test_bad_model_files(kind, tmp_path, tiny_model):
     with pytest.raises(ModelLoadError, match=expected):
         llm_magic.ask("x", model=str(path))
     assert llm_magic.ask("x", model=tiny_model, max_tokens=2).n_tokens == 2  # others live on
-
-
-def test_unreadable_model_file(tiny_model, tmp_path):
-    """As root, file permissions are not enforced: drop CAP_DAC_OVERRIDE/READ_SEARCH in a child."""
-    path = tmp_path / "secret.gguf"
-    shutil.copy(tiny_model, path)
-    os.chmod(path, 0)
-    os.chmod(tmp_path, 0o755)
-    code = (
-        "import llm_magic, sys\n"
-        "try:\n    llm_magic.ask('x', model=sys.argv[1])\n"
-        "except llm_magic.ModelLoadError as e:\n    print('ERROR', e)\n"
-        "print('OTHER', llm_magic.ask('x', model=sys.argv[2], max_tokens=2).n_tokens)\n"
-    )
-
-    def drop_caps():
-        import ctypes
-
-        if os.geteuid() == 0:
-            libc = ctypes.CDLL(None, use_errno=True)
-            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-                if libc.prctl(24, cap, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "prctl")
-
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(path), tiny_model],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        preexec_fn=drop_caps,
-    )
-    if "prctl" in proc.stderr:
-        pytest.skip("cannot drop capabilities here")
-    assert proc.returncode == 0, proc.stderr
-    assert "ERROR cannot read" in proc.stdout and "Permission denied" in proc.stdout
-    assert "OTHER 2" in proc.stdout

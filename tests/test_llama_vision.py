@@ -87,18 +87,6 @@ def test_the_handler_is_chosen_from_the_model(vision_alias, pair):
     assert llama_vision.choose_handler(resolve("forced"), has_template=True) == "llava15"
 
 
-def test_vision_messages_carry_the_images():
-    from llm_magic.images import Image
-
-    image = Image(data=b"\x89PNG\r\n\x1a\nxx", mime="image/png", source="x")
-    messages = llama_vision.image_messages([], "What is it?", "Be brief.", [image, image])
-    assert [m["role"] for m in messages] == ["system", "user"]
-    parts = messages[-1]["content"]
-    assert parts[0] == {"type": "text", "text": "What is it?"}
-    assert [p["image_url"]["url"] for p in parts[1:]] == [image.data_uri()] * 2
-    assert image.data_uri().startswith("data:image/png;base64,")
-
-
 def test_magic_image_from_file_and_variables(ip, vision_alias, pair):
     import numpy as np
     from PIL import Image as PILImage

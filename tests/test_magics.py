@@ -361,9 +361,11 @@ def test_prompt_too_long_is_a_usage_error(ip, tiny_model):
 def test_conversation_follow_up_evaluates_only_new_tokens(ip):
     import llama_cpp
 
+    from llm_magic.engines.llama_private import native_context
+
     run(ip, "%%ask -c trip -n 30 --temperature 0 -o t1\nWe plan a trip to Paris in May.")
     t1 = ip.user_ns["t1"]
-    ctx = runtime.get().cache.entries()[0].model.llm._ctx.ctx
+    ctx = native_context(runtime.get().cache.entries()[0].model.llm)
     llama_cpp.llama_perf_context_reset(ctx)
     run(ip, "%%ask -c trip -n 30 --temperature 0 -o t2\nWhat should we pack?")
     t2 = ip.user_ns["t2"]

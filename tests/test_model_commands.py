@@ -42,7 +42,7 @@ def test_load_without_wait_returns_at_once(ip, tiny_model_b):
     ("line", "message"),
     [
         ("%llm unload nothing-loaded", "no loaded model named 'nothing-loaded' (loaded: "),
-        ("%llm unload", "usage: %llm unload NAME | %llm unload --all"),
+        ("%llm unload", "usage: %llm unload NAME | --all"),
         ("%llm unload a b", "usage: %llm unload NAME"),
         ("%llm load", "usage: %llm load NAME"),
         ("%llm load --now x", "usage: %llm load NAME"),

@@ -168,3 +168,34 @@ def test_timeout_waiting_for_a_busy_model_says_so(tiny_model):
     [entry] = runtime.get().cache.entries()
     assert entry.queue.holders() == [] and entry.active == 0
     assert llm_magic.ask("free again", model=tiny_model, max_tokens=3).n_tokens == 3
+
+
+def test_close_when_idle_runs_now_or_when_the_last_holder_leaves():
+    q = ModelQueue(2)
+    closed: list[str] = []
+    q.close_when_idle(lambda: closed.append("now"))
+    assert closed == ["now"]  # nobody held it
+    a, b = User(), User()
+    assert q.acquire(a, never) and q.acquire(b, never)
+    q.close_when_idle(lambda: closed.append("later"))
+    q.release(a)
+    assert closed == ["now"]  # b still streams
+    q.release(b)
+    assert closed == ["now", "later"]
+    assert q.acquire(a, never)  # a later release runs nothing more
+    q.release(a)
+    assert closed == ["now", "later"]
+
+
+def test_a_model_whose_generation_will_not_stop_is_closed_when_it_does(tiny_model):
+    """The cache gives up waiting (its timeout), and the model closes once the holder lets go."""
+    entry = llm_magic.preload(tiny_model)[0]
+    cache = runtime.get().cache
+    entry = cache.get(entry.spec)
+    model, queue = entry.model, entry.queue
+    holder = User()
+    assert queue.acquire(holder, never)  # holds the slot and ignores stop()
+    cache.unload(entry, timeout=0.2)
+    assert not model.closed  # still in use: not closed under it
+    queue.release(holder)
+    assert model.closed  # closed as soon as it was let go, not leaked

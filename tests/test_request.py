@@ -211,3 +211,20 @@ def test_settings_are_the_request_defaults(tiny_model):
     b = llm_magic.ask("hello", model=tiny_model)
     assert a.n_tokens == b.n_tokens == 7 and a == b  # the settings' seed makes it repeatable
     assert llm_magic.ask("hello", model=tiny_model, max_tokens=3).n_tokens == 3  # an argument wins
+
+
+def test_progress_counts_tokens_not_chunks_when_stop_strings_hold_text_back(tiny_model):
+    """A stop string that never matches still holds back text that might start it; the live count
+    is the engine's token count, and at the end it equals the Answer's."""
+    s = llm_magic.stream("hello", model=tiny_model, max_tokens=40, temperature=0, stop=[" zzq", " qqz", "\n\n"])
+    seen = []
+    for _chunk in s:
+        p = s.progress()
+        seen.append((p.phase, p.n_tokens))
+    answer = s.answer
+    assert answer.finish_reason == "length" and answer.n_tokens == 40
+    assert all(phase == "generate" for phase, _ in seen)
+    counts = [n for _, n in seen]
+    assert counts == sorted(counts) and counts[-1] <= 40
+    final = s.progress()
+    assert final.phase == "done" and final.n_tokens == answer.n_tokens and final.tokens_per_s

@@ -102,3 +102,35 @@ def test_ipython_config_file_values_apply(shell, use_model):
     assert llm_magic.current_settings().max_tokens == 2
     run(shell, "%ask -o a hello")
     assert shell.user_ns["a"].n_tokens == 2
+
+
+def test_stop_is_checked_when_set():
+    s = settings.Settings()
+    with pytest.raises(TraitError, match=r"Settings\.stop must be non-empty strings"):
+        s.stop = [""]
+    s.stop = ["\n\n"]
+    assert s.stop == ["\n\n"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"path": "/x.gguf", "model": "m"}, "model is not an option of a local (path) model"),
+        ({"base_url": "http://h/v1", "n_ctx": 8}, "n_ctx is not an option of a remote (base_url) model"),
+    ],
+)
+def test_local_and_remote_alias_keys_do_not_mix(options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings.check_alias("m", options)
+
+
+def test_a_refused_config_value_does_not_break_the_next_load(ip, caplog):
+    run(ip, "%config AskMagics.timeout = -1")  # refused, but IPython keeps it in shell.config
+    assert ip.config.AskMagics.timeout == -1
+    with caplog.at_level("WARNING", logger="llm_magic"):
+        run(ip, "%reload_ext llm_magic")
+    assert "ignoring AskMagics.timeout from the configuration: AskMagics.timeout must be > 0" in caplog.text
+    assert "timeout" not in ip.config.AskMagics
+    assert llm_magic.current_settings().timeout == 120.0
+    run(ip, "%ask -n 2 -o a hello")
+    assert ip.user_ns["a"].n_tokens == 2

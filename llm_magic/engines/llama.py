@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import default_model
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
-from ..prompts import QA_STOP, TurnLike, chat_messages, qa_text, raw_text
+from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
 from . import llama_memory, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
@@ -195,7 +195,7 @@ class LocalModel:
         """Chat messages with image parts, for the vision chat handler (which evaluates the images)."""
         if self.chat_handler is None:
             raise ConfigError(f"{self.spec.display_name} is a text-only model: it cannot take images")
-        messages = llama_vision.image_messages(turns, prompt, system, images)
+        messages = image_messages(turns, prompt, system, images)
         return Prepared(mode="vision", text=prompt, messages=messages, turns_used=len(turns), system=system)
 
     def _render(self, mode: str, turns: list[TurnLike], prompt: str, system: str | None) -> tuple[str, list[str], bool]:
@@ -276,6 +276,7 @@ class LocalModel:
                 seen_len = len(input_ids)
                 if not stop:
                     accepted += 1
+                    stats.n_tokens = accepted  # live, for progress(); exact once the stream ends
             stopped = stopped or stop
             return stop
 

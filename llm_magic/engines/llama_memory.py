@@ -68,3 +68,28 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def cpu_has_amx() -> bool:
+    """Does this CPU have Intel AMX (the ``amx_int8`` flag in /proc/cpuinfo)?"""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def use_extra_buffers() -> bool:
+    """Should llama.cpp put weights in its extra CPU buffer types (AMX, repacked layouts)?
+
+    Not on an AMX CPU: llama-cpp-python 0.3.36 (and llama.cpp's own ``llama-bench``, whose
+    ``--repack 0`` avoids it) segfaults in ``llama_decode`` on Gemma 3 270M Q4_K_M there, while
+    the same load without them answers correctly. ``LLM_MAGIC_EXTRA_BUFTS=1`` (or ``0``) decides
+    instead. Only llm_magic's own loads are affected, never a ``Llama`` the user builds."""
+    forced = os.environ.get("LLM_MAGIC_EXTRA_BUFTS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return not cpu_has_amx()

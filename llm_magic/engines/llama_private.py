@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .llama_memory import use_extra_buffers
+
 native_log = logging.getLogger("llm_magic.llama_cpp")
 
 HINT = "update llm_magic/engines/llama_private.py"
@@ -60,21 +62,6 @@ def _quiet_print(*args: Any, **_kwargs: Any) -> None:
         native_log.debug(" ".join(str(a) for a in args))
 
 
-def cpu_has_amx() -> bool:
-    """Does this CPU have Intel AMX? llama-cpp-python 0.3.36 built here (GGML_NATIVE) segfaults in
-    ``llama_decode`` on Gemma 3 270M Q4_K_M when llama.cpp puts the weights in its extra (AMX /
-    repacked) CPU buffer types on such a CPU (seen on a Xeon with amx_int8/amx_tile); loading with
-    ``use_extra_bufts=False`` answers correctly. So on AMX machines we load without them."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_int8" in line.split()
-    except OSError:
-        pass
-    return False
-
-
 def _install_load_abort(low: Any) -> None:
     """Give every model load a progress callback, so a load can be abandoned (unload, shutdown).
 
@@ -85,13 +72,11 @@ def _install_load_abort(low: Any) -> None:
     original = low.llama_model_default_params
     callback = low.llama_progress_callback(_load_progress)
 
-    no_extra_bufts = cpu_has_amx()
-
     def default_params_with_abort() -> Any:
         params = original()
         params.progress_callback = callback
-        if no_extra_bufts and hasattr(params, "use_extra_bufts"):
-            params.use_extra_bufts = False  # see cpu_has_amx()
+        if getattr(_local, "loading", False) and not use_extra_buffers():  # our loads only
+            params.use_extra_bufts = False
         return params
 
     _keep_alive.extend((callback, default_params_with_abort))
@@ -149,10 +134,11 @@ def capture_native_log(maxlen: int = 200) -> Iterator[deque[str]]:
 def abortable_load(abort: threading.Event | None) -> Iterator[None]:
     """A model load on this thread gives up (``Llama`` raises ``ValueError``) once ``abort`` is set."""
     outer, _local.abort = getattr(_local, "abort", None), abort
+    loading, _local.loading = getattr(_local, "loading", False), True
     try:
         yield
     finally:
-        _local.abort = outer
+        _local.abort, _local.loading = outer, loading
 
 
 def native_reason(lines: Iterable[str]) -> str | None:
@@ -187,6 +173,11 @@ def add_bos(llm: Any) -> bool:
 def token_text(llm: Any, token: int) -> str:
     """The text of one vocabulary entry (e.g. ``<s>``)."""
     return str(llm._model.token_get_text(token))
+
+
+def native_context(llm: Any) -> Any:
+    """The ``llama_context *`` of a loaded ``Llama`` (for llama.cpp's own C functions)."""
+    return llm._ctx.ctx
 
 
 def vocab(llm: Any) -> Any:
@@ -259,8 +250,9 @@ def _static_problems(version: str) -> list[str]:
         ),
     )
     fields = {f[0] for f in getattr(getattr(low, "llama_model_params", None), "_fields_", [])}
-    if "progress_callback" not in fields:
-        problems.append(_problem(version, "llama_cpp.llama_cpp.llama_model_params.progress_callback"))
+    for field in ("progress_callback", "use_extra_bufts"):
+        if field not in fields:
+            problems.append(_problem(version, f"llama_cpp.llama_cpp.llama_model_params.{field}"))
     try:
         init_source = inspect.getsource(llama_module.Llama.__init__)
     except (OSError, TypeError):
@@ -300,6 +292,8 @@ def _loaded_problems(version: str, llm: Any) -> list[str]:
         ("llama_cpp._internals.LlamaModel.token_get_text()", lambda: token_text(llm, llm.token_eos())),
         ("llama_cpp.llama.Llama._input_ids", lambda: len(input_ids(llm))),
         ("llama_cpp.llama.Llama.n_tokens", lambda: int(llm.n_tokens)),
+        ("llama_cpp.llama.Llama.n_tokens (assignable)", lambda: set_n_tokens(llm, n_tokens(llm))),
+        ("llama_cpp.llama.Llama._ctx.ctx", lambda: native_context(llm)),
         ("llama_cpp.llama.Llama._is_recurrent", lambda: llm._is_recurrent),
         ("llama_cpp.llama.Llama._is_hybrid", lambda: llm._is_hybrid),
     ]

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, ModelNotFound
 from ..gguf_header import GGUFError, read_header
-from ..prompts import TurnLike, chat_messages
 from . import llama_private as private
 from .base import StreamStats
 
 if TYPE_CHECKING:
-    from ..images import Image
     from ..specs import ModelSpec
 
 # AskMagics' chat_handler names -> llama_cpp.llama_chat_format classes
@@ -93,15 +91,6 @@ def init_projector(handler: Any, llm: Any, spec: ModelSpec) -> None:
             reason = private.native_reason(lines) or "llama.cpp could not load it"
             llm.close()
             raise ModelLoadError(f"the projector {spec.mmproj} does not fit {spec.path}: {reason}") from None
-
-
-def image_messages(
-    turns: Sequence[TurnLike], prompt: str, system: str | None, images: Sequence[Image]
-) -> list[dict[str, Any]]:
-    """Chat messages whose last one holds the prompt and the images (OpenAI vision format)."""
-    parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
-    parts += [{"type": "image_url", "image_url": {"url": image.data_uri()}} for image in images]
-    return chat_messages(turns, prompt, system, content=parts)
 
 
 def stream_vision(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LLMMagicError, ModelLoadError
-from ..prompts import QA_STOP, TurnLike, chat_messages, qa_text, raw_text
+from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
 from .base import Prepared, StreamStats
 from .stops import stop_list
 
@@ -150,11 +150,9 @@ class RemoteModel:
                     f"{self.spec.display_name} uses the completions endpoint, which takes no "
                     f'images; use "endpoint": "chat" for a vision model'
                 )
-            parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
-            parts += [{"type": "image_url", "image_url": {"url": image.data_uri()}} for image in images]
             return Prepared(
                 "vision",
-                messages=chat_messages(turns, prompt, system, content=parts),
+                messages=image_messages(turns, prompt, system, images),
                 turns_used=len(turns),
                 system=system,
             )
@@ -244,6 +242,7 @@ class RemoteModel:
                     if piece:
                         got_first = True
                         n_chunks += 1
+                        stats.n_tokens = max(stats.n_tokens, n_chunks)  # live, for progress()
                         yield piece
                     if should_stop():
                         return

@@ -21,6 +21,26 @@ def _drop_transformer(ipython: Any) -> None:
         cleanups[:] = [t for t in cleanups if getattr(t, "__name__", "") != _TRANSFORMER]
 
 
+def _drop_refused_config(ipython: Any) -> None:
+    """A value ``%config`` refused (or a bad ``c.AskMagics.x`` in ipython_config.py) stays in the
+    shell's config and would make every later ``%load_ext`` fail: drop it, with one warning line."""
+    from traitlets import TraitError
+
+    section = ipython.config.get("AskMagics")
+    if not section:
+        return
+    probe = settings_mod.Settings()
+    for name in list(section):
+        try:
+            if name not in probe.trait_names(config=True):
+                raise TraitError(f"AskMagics has no option {name!r}")
+            setattr(probe, name, section[name])
+        except TraitError as e:
+            reason = str(e).replace("Settings.", "AskMagics.", 1)
+            log.warning("llm_magic: ignoring AskMagics.%s from the configuration: %s", name, reason)
+            del section[name]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext llm_magic``: register the magics and start preloading; returns without waiting."""
     from .. import preload
@@ -30,6 +50,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from .parsing import ask_line_transformer
 
     previous = settings_mod.current()
+    _drop_refused_config(ipython)
     magics = AskMagics(shell=ipython)
     configured = set(ipython.config.get("AskMagics", {}))
     for name in previous.trait_names(config=True):  # options set from Python before %load_ext carry over

@@ -54,6 +54,11 @@ def command(usage: str, help: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def usage_error(name: str, hint: str = "") -> UsageError:
+    """The one-line error for a malformed ``%llm NAME`` line, from the table's usage."""
+    return UsageError(f"usage: %llm {COMMANDS[name].usage}{'   (' + hint + ')' if hint else ''}")
+
+
 def dispatch(magics: AskMagics, line: str) -> Any:
     """Run ``%llm LINE``: the first word picks the command; core errors become one-line UsageErrors."""
     words = line.split(maxsplit=1)

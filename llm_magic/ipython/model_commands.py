@@ -12,7 +12,7 @@ from .. import runtime
 from ..errors import LLMMagicError
 from ..settings import check_alias
 from ..specs import resolve_spec_path
-from .command_table import command
+from .command_table import command, usage_error
 from .parsing import options_text, split_words
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def status(magics: AskMagics, rest: str) -> None:
     print(status_table())
 
 
-@command("load NAME [--wait]", "start loading a model in the background (--wait: until it is ready)")
+@command("load NAME [NAME ...] [--wait]", "start loading a model in the background (--wait: until it is ready)")
 def load(magics: AskMagics, rest: str) -> None:
     from .. import preload
 
@@ -53,7 +53,7 @@ def load(magics: AskMagics, rest: str) -> None:
     wait = "--wait" in words
     names = [w for w in words if w != "--wait"]
     if not names or any(w.startswith("-") for w in names):
-        raise UsageError("usage: %llm load NAME [NAME ...] [--wait]")
+        raise usage_error("load")
     entries = preload(*names)
     if not wait:
         print(f"loading in the background: {', '.join(e.name for e in entries)}")
@@ -74,7 +74,7 @@ def unload(magics: AskMagics, rest: str) -> None:
     elif len(words) == 1 and not words[0].startswith("-"):
         n = unload_models(words[0])
     else:
-        raise UsageError("usage: %llm unload NAME | %llm unload --all")
+        raise usage_error("unload")
     print(f"unloaded {n} model{'s' if n != 1 else ''}")
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 
 from .. import runtime
-from .command_table import command, help_text
+from .command_table import command, help_text, usage_error
 from .parsing import parse_ask_line, split_words
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def explain(magics: AskMagics, rest: str) -> None:
 def history(magics: AskMagics, rest: str) -> None:
     words = split_words(rest)
     if len(words) > 1:
-        raise UsageError("usage: %llm history [NAME]")
+        raise usage_error("history")
     found = runtime.get().conversations.find(words[0] if words else None)
     if not found:
         print(f"no conversation {words[0]!r} yet" if words else "no conversations yet (%%ask -c NAME or --chat)")
@@ -67,7 +67,7 @@ def history(magics: AskMagics, rest: str) -> None:
 def reset(magics: AskMagics, rest: str) -> None:
     words = split_words(rest)
     if len(words) > 1:
-        raise UsageError("usage: %llm reset [NAME]")
+        raise usage_error("reset")
     n = runtime.get().conversations.reset(words[0] if words else None)
     what = f"conversation {words[0]!r}" if words else "all conversations"
     print(f"forgot {what} ({n} on {n} model{'s' if n != 1 else ''})" if n else f"no {what} to forget")
@@ -78,7 +78,7 @@ def panel(magics: AskMagics, rest: str) -> None:
     from .. import panel as show_panel
 
     if rest.strip():
-        raise UsageError("usage: %llm panel   (set defaults with llm_magic.panel(model=..., max_tokens=...))")
+        raise usage_error("panel", "set defaults with llm_magic.panel(model=..., max_tokens=...)")
     show_panel()
 
 

@@ -1,8 +1,10 @@
-"""llm_magic.engines (llama_private, llama_memory) in processes of their own: quiet native logs, mlock refused."""
+"""llm_magic.engines (llama_private, llama_memory) in processes of their own: quiet native logs, mlock refused,
+an unreadable model file (without the capabilities that let root read it)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +81,40 @@ def test_llama_cpp_refusing_mlock_is_detected(tiny_model):
     assert proc.returncode == 0, proc.stderr
     assert "MLOCK off (fallback: the OS refused mlock)" in proc.stdout
     assert proc.stdout.count("FINISH length") == 2
+
+
+def test_unreadable_model_file(tiny_model, tmp_path):
+    """As root, file permissions are not enforced: drop CAP_DAC_OVERRIDE/READ_SEARCH in a child."""
+    path = tmp_path / "secret.gguf"
+    shutil.copy(tiny_model, path)
+    os.chmod(path, 0)
+    os.chmod(tmp_path, 0o755)
+    code = (
+        "import llm_magic, sys\n"
+        "try:\n    llm_magic.ask('x', model=sys.argv[1])\n"
+        "except llm_magic.ModelLoadError as e:\n    print('ERROR', e)\n"
+        "print('OTHER', llm_magic.ask('x', model=sys.argv[2], max_tokens=2).n_tokens)\n"
+    )
+
+    def drop_caps():
+        import ctypes
+
+        if os.geteuid() == 0:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                if libc.prctl(24, cap, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl")
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path), tiny_model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        preexec_fn=drop_caps,
+    )
+    if "prctl" in proc.stderr:
+        pytest.skip("cannot drop capabilities here")
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR cannot read" in proc.stdout and "Permission denied" in proc.stdout
+    assert "OTHER 2" in proc.stdout
