@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import Kernel, fmt, interleaved, md_table, ok, ratio, summary, threads_for
+from common import PLAIN_PARAMS, Kernel, fmt, interleaved, md_table, ok, ratio, summary, threads_for
 
 QUESTION = "What is the capital of France?"
 MAX_TOKENS = 16
@@ -71,10 +71,14 @@ print(json.dumps({'state': _e.state, 'load_s': _e.load_s, 'mlock': getattr(_e.mo
                   'constructions': _runtime().cache.constructions}))
 """
 
-PER_CALL = """
+PER_CALL = (
+    """
 import time, json
 _t0 = time.perf_counter()
 import llama_cpp
+"""
+    + PLAIN_PARAMS
+    + """
 _llm = llama_cpp.Llama(model_path={model!r}, n_ctx={n_ctx}, n_threads={threads}, n_threads_batch={threads},
                        use_mmap=True, verbose=False)
 _t1 = time.perf_counter()
@@ -88,6 +92,7 @@ for _chunk in _llm.create_completion({prompt!r}, max_tokens={max_tokens}, temper
 _llm.close()
 print(json.dumps({{'construction_s': _t1 - _t0, 'ttft_s': _first - _t0 if _first else None, 'text': _text}}))
 """
+)
 
 
 def _n_ctx(model: str) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, interleaved, machine_line, md_table, ok, ratio, summary, threads_for
+from common import fmt, interleaved, machine_line, md_table, ok, ratio, same_params_as_llm_magic, summary, threads_for
 
 PROMPT = "Once upon a time, a small robot who had never seen a painting"
 STOP = "THE END"
@@ -93,6 +93,7 @@ def run(model: str, reps: int = 7, max_tokens: int = 128) -> tuple[dict[str, Any
     from llama_bench_build import build
 
     threads = threads_for(model)
+    same_params_as_llm_magic()
     llm = lc.Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
     count = lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False))  # noqa: E731

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
-from common import ROOT, fmt, interleaved, md_table, ratio, run_json, summary
+from common import PLAIN_PARAMS, ROOT, fmt, interleaved, md_table, ratio, run_json, summary
 
 PROBE = r"""
 import gc, json, os, sys, time
@@ -65,6 +65,9 @@ PLAIN = (
     + r"""
 model, threads = sys.argv[1], int(sys.argv[2])
 import llama_cpp
+"""
+    + PLAIN_PARAMS
+    + r"""
 before = mem()
 t0 = time.perf_counter()
 llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)

@@ -212,3 +212,25 @@ class Kernel:
 
 def rss_note() -> str:
     return "RSS from /proc/self/status (VmRSS = RssAnon + RssFile); PSS from /proc/self/smaps_rollup."
+
+
+# Plain llama-cpp-python baselines load with the same llama.cpp parameters as llm_magic: on CPUs with
+# Intel AMX, llama.cpp's extra (repacked / AMX) weight buffers segfault in llama_decode on Gemma 3 270M
+# (llama-bench too, without --repack 0), so both sides go without them there.
+PLAIN_PARAMS = """
+import llama_cpp.llama_cpp as _low
+from llm_magic.engines.llama_memory import use_extra_buffers as _extra_buffers
+if not _extra_buffers() and not getattr(_low.llama_model_default_params, "_bench_plain", False):
+    _default_params = _low.llama_model_default_params
+    def _plain_params():
+        _p = _default_params()
+        _p.use_extra_bufts = False
+        return _p
+    _plain_params._bench_plain = True
+    _low.llama_model_default_params = _plain_params
+"""
+
+
+def same_params_as_llm_magic() -> None:
+    """Apply ``PLAIN_PARAMS`` in this process (before building a plain ``llama_cpp.Llama``)."""
+    exec(PLAIN_PARAMS, {})

@@ -109,6 +109,10 @@ def rotation_baseline(asks: str | int, *models: str) -> dict:
     closed first): how much anonymous memory grows without llm_magic."""
     import llama_cpp
 
+    from common import same_params_as_llm_magic
+
+    same_params_as_llm_magic()
+
     asks = int(asks)
     loaded: dict = {}
     order: list = []
@@ -139,6 +143,10 @@ def leak_one(kind: str, model: str, cycles: str | int) -> dict:
     """``cycles`` load/ask/unload cycles of one model, in this (fresh) process: RSS at each step."""
     cycles = int(cycles)
     import llama_cpp
+
+    from common import same_params_as_llm_magic
+
+    same_params_as_llm_magic()
 
     import llm_magic
 
