@@ -83,7 +83,10 @@ def _panel_first_token(panel, prompt: str, max_tokens: int) -> dict[str, Any]:
     panel.ask_button.click()
     click_s = time.perf_counter() - t0
     answer = panel.wait(120)
-    shown = next((t for t, v in values()[n0:] if v), None)  # the first non-empty answer update
+    from llm_magic.rendering import interim_html
+
+    cursor = interim_html("")  # Ask shows the cursor at once; the first token comes after
+    shown = next((t for t, v in values()[n0:] if v and v != cursor), None)  # the first token shown
     return {
         "click_to_shown_s": shown - t0 if shown else None,
         "click_returns_s": click_s,
@@ -129,7 +132,8 @@ def bench_first_token(model: str, reps: int, max_tokens: int = 16) -> dict[str, 
 def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, Any]:
     import llm_magic
     from llm_magic.ask_panel import AskPanel
-    from llm_magic.rendering import answer_html
+    from llm_magic.panel_models import answer_area_html
+    from llm_magic.rendering import interim_html
 
     llm_magic.preload(model)
     llm_magic.ask("warm up", model=model, max_tokens=4, temperature=0, timeout=120)
@@ -149,7 +153,7 @@ def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, An
                 panel.ask(LONG_PROMPT)
                 answer = panel.wait(300)
                 elapsed = time.perf_counter() - t0
-                sent = comm.values()[n0:]
+                sent = [(t, v) for t, v in comm.values()[n0:] if v != interim_html("")]  # tokens, not the cursor
                 times = [t for t, _ in sent]
                 stream_s = (times[-1] - times[0]) if len(times) > 1 else elapsed
                 gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -163,8 +167,7 @@ def bench_updates(model: str, reps: int, max_tokens: int = 3000) -> dict[str, An
                         "stream_s": stream_s,
                         "tps": answer.tokens_per_s,
                         "n_tokens": answer.n_tokens,
-                        "final_complete": bool(answer.text)
-                        and sent[-1][1] == answer_html(answer.text, answer.marker()),
+                        "final_complete": bool(answer.text) and sent[-1][1] == answer_area_html(answer),
                     }
                 )
     finally:

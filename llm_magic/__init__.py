@@ -17,11 +17,11 @@ from . import runtime
 from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
-from .cache_entry import Entry
+from .cache_entry import Entry, load_options, model_identity
 from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, PromptTooLong
 from .ipython import load_ipython_extension, unload_ipython_extension
 from .request import Stream, ask, stream
-from .specs import resolve
+from .specs import default_model_name, resolve
 
 if TYPE_CHECKING:
     from .ask_panel import AskPanel
@@ -77,25 +77,61 @@ def preload(*names: str) -> list[Entry]:
 
 
 def models() -> list[dict[str, Any]]:
-    """Every model the kernel knows: loaded or loading ones, and configured aliases not loaded yet."""
+    """Every model the kernel knows: loaded, loading or closing (replaced) ones, configured aliases
+    not loaded yet, and the default model when it is not loaded. ``options``: the load options that
+    are not the defaults (or that tell two entries of one file apart), e.g. ``"n_ctx=8192"``."""
     cache = runtime.get().cache_if_open()
-    rows = [e.info() for e in cache.entries()] if cache is not None else []
+    entries = cache.entries() if cache is not None else []
+    rows = []
+    for e in entries:
+        siblings = [o.spec for o in entries if o is not e and model_identity(o.spec) == model_identity(e.spec)]
+        rows.append(e.info(siblings))
     known = {r["name"] for r in rows} | {r["path"] for r in rows}
-    for name, spec in _settings.current().aliases().items():
+    for name, alias in _settings.current().aliases().items():
         if name not in known:
-            rows.append(
-                {
-                    "name": name,
-                    "path": spec.get("path") or spec.get("base_url"),
-                    "state": "unloaded",
-                    "size_bytes": None,
-                    "load_s": None,
-                    "uses": 0,
-                    "last_used": None,
-                    "error": None,
-                }
-            )
-    return rows
+            rows.append(_not_loaded(name, alias.get("path") or alias.get("base_url"), _options_of(name)))
+            known.add(name)
+    default = _default_row(entries, known)
+    return rows + ([default] if default is not None else [])
+
+
+def _default_row(entries: list[Entry], known: set[str]) -> dict[str, Any] | None:
+    """The default model's row when it is configured but not loaded (nor listed as an alias)."""
+    default = default_model_name()
+    if not default or default in known:
+        return None
+    try:
+        spec = resolve(None)
+    except LLMMagicError as exc:  # e.g. AskMagics.model names a file that is gone
+        return _not_loaded(default, default, "", error=str(exc))
+    loaded = {model_identity(e.spec) for e in entries if e.state in ("loading", "ready", "closing")}
+    if model_identity(spec) in loaded or spec.display_name in known:
+        return None
+    path = spec.base_url if spec.remote else spec.path
+    return _not_loaded(spec.display_name, path, load_options(spec), note="the default model")
+
+
+def _options_of(name: str) -> str:
+    try:
+        return load_options(resolve(name))
+    except LLMMagicError:
+        return ""
+
+
+def _not_loaded(name: str, path: str | None, options: str, **extra: Any) -> dict[str, Any]:
+    """A ``models()`` row for a configured model that is not loaded (an alias, the default model)."""
+    row = {
+        "name": name,
+        "options": options,
+        "path": path,
+        "state": "unloaded",
+        "size_bytes": None,
+        "load_s": None,
+        "uses": 0,
+        "last_used": None,
+        "error": None,
+    }
+    return {**row, **extra}
 
 
 def unload(name: str | None = None, *, all: bool = False) -> int:

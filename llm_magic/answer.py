@@ -32,7 +32,8 @@ class Answer(str):
     model: str
     error: str | None
     timeout: float | None
-    value: Any = None  # -f json: the parsed object
+    value: Any = None  # -f json: the parsed object; -f code: the code put into the next cell (or None)
+    time_report: str | None = None  # timeout: where the time went (load wait, queue, prompt, generation)
 
     def __new__(cls, text: str = "", **meta: Any) -> Answer:
         self = super().__new__(cls, text)
@@ -79,7 +80,8 @@ class Answer(str):
         return {k: getattr(self, k) for k in keys}
 
     def marker(self) -> str | None:
-        """The line shown under a partial answer, or None for a complete one."""
+        """The line shown under a partial answer, or None for a complete one: plain words (no
+        emoji, which render as empty boxes without an emoji font), the same in every front end."""
         n = self.n_tokens
         tokens = f"{n} token{'s' if n != 1 else ''}"
         if self.finish_reason == "timeout":
@@ -90,14 +92,14 @@ class Answer(str):
                     "queue": "the model was busy with another request the whole time",
                     "prompt": f"the prompt ({self.n_prompt_evaluated} tokens) was still being evaluated",
                 }.get(getattr(self, "phase", ""), "nothing was generated")
-                return f"⏱ timed out after {limit} — no token came: {why}"
-            return f"⏱ timed out after {limit} — partial answer, {tokens}"
+                return f"timed out after {limit} — no token came: {why}"
+            return f"timed out after {limit} — partial answer, {tokens}"
         if self.finish_reason == "cancelled":
-            return f"⏹ cancelled — partial answer, {tokens}"
+            return f"cancelled — partial answer, {tokens}"
         if self.finish_reason == "error":
-            return f"⚠ error — partial answer, {tokens}: {self.error}"
+            return f"error — partial answer, {tokens}: {self.error}"
         if self.finish_reason == "length":
-            return f"… stopped at max_tokens ({tokens})"
+            return f"stopped at max_tokens ({tokens})"
         return None
 
     def __repr__(self) -> str:

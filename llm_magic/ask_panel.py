@@ -24,7 +24,7 @@ from . import background, panel_models, request
 from .answer import Answer
 from .errors import ConfigError, LLMMagicError
 from .images import Image, load_image
-from .rendering import CURSOR, MAX_UPDATES_PER_S, Throttle, answer_html, render_markdown
+from .rendering import MAX_UPDATES_PER_S, Throttle, interim_html
 from .settings import current as current_settings
 
 __all__ = ["AskPanel"]
@@ -32,6 +32,11 @@ __all__ = ["AskPanel"]
 _W = TypeVar("_W", bound=widgets.DOMWidget)
 _PLACEHOLDER = "Ask the model… (the kernel stays free while it answers)"
 _ASK, _STOP = "Start generating (the kernel stays free)", "Stop after the current token"
+_CSS = (  # what layout traits can't say: a long word breaks, a long code line scrolls inside the answer
+    "<style>.llm-magic-panel .widget-html-content{min-width:0;overflow-wrap:anywhere;line-height:1.45}"
+    ".llm-magic-answer pre,.llm-magic-answer table{display:block;max-width:100%;overflow-x:auto}"
+    ".llm-magic-answer pre{white-space:pre;word-break:normal;overflow-wrap:normal}</style>"
+)
 
 
 def _number(cls: type[_W], value: float | None, default: float, description: str, width: str) -> _W:
@@ -66,25 +71,25 @@ class AskPanel(widgets.VBox):
     ) -> None:
         s = current_settings()
         self._lock = threading.RLock()  # every trait change from a worker or the ticker goes under it
-        self._closed = False
-        self._future: Future[Answer] | None = None
-        self._done = threading.Event()
+        self._closed, self._done, self._wake = False, threading.Event(), threading.Event()
         self._done.set()
+        self._future: Future[Answer] | None = None
         self._ticker: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._throttle = Throttle(self.MAX_UPDATES_PER_S)
+        # answer updates; status-only ones from the request ("reading the prompt N / M tokens")
+        self._throttle, self._status_throttle = Throttle(self.MAX_UPDATES_PER_S), Throttle(self.MAX_UPDATES_PER_S)
         self._reset(None)
         self._status_is_model = True  # the status line shows the selected model's state (not an answer's)
         self.answer: Answer | None = None
         self.running = False
         self.history: list[tuple[str, Answer]] = []
-        self.n_updates = 0  # answer-area updates sent (interim + final)
-        self.n_status_updates = 0
+        self.n_updates = self.n_status_updates = 0  # answer-area (interim + final) and status updates sent
 
         self._parts: list[Any] = []  # every widget of the panel, closed with it
         self._extra_model = model
         add, w, layout = self._add, widgets, widgets.Layout
-        tall, wide = layout(width="100%", height="5em"), layout(width="auto", min_width="22em")
+        # no horizontal margin: 100% + the default 2 px each side overflowed the panel
+        tall = layout(width="100%", max_width="100%", height="5em", margin="2px 0")
+        wide = layout(width="auto", min_width="min(22em, 100%)", max_width="100%")  # a long path shrinks
         self.prompt = add("prompt", w.Textarea(value=prompt, placeholder=_PLACEHOLDER, layout=tall))
         choices = panel_models.model_choices(model)
         self.model = add("model", w.Dropdown(options=choices, description="model", layout=wide))
@@ -99,19 +104,20 @@ class AskPanel(widgets.VBox):
         self.stop_button.disabled = True
         hidden = layout(display="none")  # the image upload is offered for vision models only
         self.image = add("image", w.FileUpload(accept="image/*", multiple=True, description="image", layout=hidden))
-        self.status = add("status", w.HTML(value=""))
+        self.status = add("status", w.HTML(value="", layout=layout(flex="1 1 14em", min_width="0")))
         self.answer_area = add("answer", w.HTML(layout=layout(max_height="30em", overflow="auto", padding="0 0.5em")))
+        css = add("css", w.HTML(_CSS, layout=layout(display="none")))
 
         self.ask_button.on_click(lambda _b: self.ask())
         self.stop_button.on_click(lambda _b: self.stop())
         self.model.observe(lambda _c: self._idle_status(), names="value")
         self.model.observe(lambda _c: self._update_image_input(), names="value")
         options = [self.model, self.max_tokens, self.timeout, self.temperature, self.image]
-        self._rows: list[Any] = [
-            w.HBox(options, layout=layout(flex_flow="row wrap")),
-            w.HBox([self.ask_button, self.stop_button, self.status], layout=layout(align_items="center")),
-        ]
-        super().__init__([self.prompt, *self._rows, self.answer_area])
+        buttons = [self.ask_button, self.stop_button, self.status]
+        wrap, wrap_centred = layout(flex_flow="row wrap"), layout(flex_flow="row wrap", align_items="center")
+        self._rows: list[Any] = [w.HBox(options, layout=wrap), w.HBox(buttons, layout=wrap_centred)]
+        full = layout(width="100%", max_width="100%")
+        super().__init__([self.prompt, *self._rows, self.answer_area, css], layout=full)
         self.add_class("llm-magic-panel")
         self._update_image_input()
         self._idle_status()
@@ -126,17 +132,15 @@ class AskPanel(widgets.VBox):
         self._stream: Any = stream
         self._error: str | None = None
         self._pieces: list[str] = []  # the streamed text so far (appended by the worker)
-        self._stopping = False
+        self._stopping = self._queued = False  # queued: the request was seen waiting for a busy model
         self._rendered_n = -1  # pieces in the answer area's current HTML
 
     @classmethod
     def show(cls, **defaults: Any) -> AskPanel:
-        """Build a panel, ``display()`` it and return it. ``defaults``: ``model``, ``prompt``,
-        ``max_tokens``, ``timeout``, ``temperature``."""
+        """Build a panel with these ``OPTIONS`` as defaults, ``display()`` it and return it."""
         from IPython.display import display
 
-        unknown = sorted(set(defaults) - set(cls.OPTIONS))
-        if unknown:
+        if unknown := sorted(set(defaults) - set(cls.OPTIONS)):
             raise ConfigError(f"unknown panel option(s) {', '.join(unknown)}; valid: {', '.join(cls.OPTIONS)}")
         panel = cls(**defaults)
         display(panel)
@@ -154,16 +158,16 @@ class AskPanel(widgets.VBox):
         return self._closed
 
     def ask(self, prompt: str | None = None) -> Future[Answer] | None:
-        """What the Ask button does: start a request with the panel's inputs and return at once.
-
-        Bad input (no model, a missing file, a zero timeout, an empty prompt) is shown in the
-        status line; returns None then, or when a generation is already running."""
+        """What the Ask button does: start a request with the panel's inputs and return at once; None
+        when one runs, or on bad input (no model, a missing file, an empty prompt: said in the status line)."""
         if self.running or self._closed:
             return None
         if prompt is not None:
             self.prompt.value = prompt
         model, timeout, max_tokens = self.model.value or None, self.timeout.value, self.max_tokens.value
         try:
+            if not self.prompt.value.strip():  # said here: the request's own message talks about cells
+                raise ConfigError("the prompt is empty: type a question above")
             images = self.uploaded_images() if self.image.layout.display != "none" else []
             options = {"timeout": timeout, "max_tokens": max_tokens, "temperature": self.temperature.value}
             stream = request.Stream(self.prompt.value, model=model, images=images or None, **options)
@@ -180,6 +184,8 @@ class AskPanel(widgets.VBox):
             return None
         if hasattr(stream, "defer_log"):
             stream.defer_log = True  # no log output from a worker thread: the panel shows the marker
+        if getattr(stream, "on_status", False) is None:  # per prompt batch: "reading the prompt N / M tokens"
+            stream.on_status = lambda _words: self._on_chunk(stream, None)
         with self._lock:
             self._reset(stream)
             self._status_is_model = False
@@ -188,8 +194,9 @@ class AskPanel(widgets.VBox):
             with self.ask_button.hold_sync(), self.stop_button.hold_sync():
                 self.ask_button.disabled = True
                 self.stop_button.disabled = False
-            self._push(force=True)  # clears the last answer
+            self._push(force=True)  # the cursor replaces the last answer (never an empty frame)
             self._throttle.reset()  # the first token goes out at once
+            self._status_throttle.reset()
         try:
             self._future = background.run_in_background(
                 stream,
@@ -217,16 +224,13 @@ class AskPanel(widgets.VBox):
 
     def show_answer(self, answer: Answer | str) -> None:
         """Show a finished answer (say, one from ``history``) in the answer area."""
-        if not isinstance(answer, Answer):
-            answer = Answer(str(answer))
+        answer = answer if isinstance(answer, Answer) else Answer(str(answer))
         with self._lock:
-            self._set_answer_html(answer_html(answer.text, answer.marker()))
+            self._set(self.answer_area, panel_models.answer_area_html(answer))
 
     def is_vision_model(self) -> bool:
         """Is the selected model a vision model (an alias with an ``mmproj``)?"""
-        s = current_settings()
-        name = self.model.value or s.vision_model or ""
-        return bool(s.aliases().get(name, {}).get("mmproj"))
+        return panel_models.is_vision_model(self.model.value)
 
     def uploaded_images(self) -> list[Image]:
         """The images in the upload box, as ``llm_magic.images.Image`` (bad files raise a clear error)."""
@@ -235,10 +239,8 @@ class AskPanel(widgets.VBox):
     def refresh_models(self) -> None:
         """Re-read the model list (aliases, loaded models, states) into the dropdown."""
         with self._lock:
-            if self._closed:
-                return
-            options = panel_models.model_choices(self._extra_model)
-            if list(self.model.options) == options:
+            options = [] if self._closed else panel_models.model_choices(self._extra_model)
+            if self._closed or list(self.model.options) == options:
                 return
             current = self.model.value
             with self.model.hold_sync():
@@ -268,15 +270,19 @@ class AskPanel(widgets.VBox):
 
     # ---- worker-thread callbacks -------------------------------------------------------------
 
-    def _on_chunk(self, stream: Any, chunk: str) -> None:
+    def _on_chunk(self, stream: Any, chunk: str | None) -> None:
+        """A text chunk, or None: a prompt batch (the status line). The generating thread never waits for the lock."""
         if stream is not self._stream:
             return
-        self._pieces.append(chunk)
-        # held back by the throttle, or the ticker is sending: the ticker (or the end) sends it;
-        # the generating thread never waits for the lock
-        if self._throttle.ready() and self._lock.acquire(blocking=False):
+        if chunk is not None:
+            self._pieces.append(chunk)
+        throttle = self._throttle if chunk is not None else self._status_throttle
+        # held back by the throttle, or the ticker is sending: the ticker (or the end) sends it
+        if throttle.ready() and self._lock.acquire(blocking=False):
             try:
                 self._push()
+                if chunk is None:
+                    self._status_throttle.sent()
             finally:
                 self._lock.release()
 
@@ -288,8 +294,7 @@ class AskPanel(widgets.VBox):
                 return
             self.answer = answer
             self.history.append((getattr(stream, "prompt", ""), answer))
-            self._stream = None
-            self.running = False
+            self._stream, self.running = None, False
             self._error = answer.error if answer.finish_reason == "error" and not answer.text else None
             if not self._closed:
                 self._push(force=True, final=answer)
@@ -312,45 +317,44 @@ class AskPanel(widgets.VBox):
         t0 = time.perf_counter()
         n = len(self._pieces)
         if final is not None:
-            body = answer_html(final.text, final.marker())
+            body = panel_models.answer_area_html(final)  # replaces the streamed HTML in one update
         elif n != self._rendered_n:
-            body = render_markdown("".join(self._pieces[:n]) + CURSOR) if n else ""
+            body = interim_html("".join(self._pieces[:n]))  # the cursor alone before the first token
             self._rendered_n = n
         else:
             body = self.answer_area.value
         render_s = time.perf_counter() - t0
         with self.answer_area.hold_sync(), self.status.hold_sync():
-            sent = self._set_answer_html(body)
-            self._set_status(self._status_text(final))
+            sent = self._set(self.answer_area, body)
+            self._set(self.status, self._status_text(final))
         if sent:  # status-only pushes (loading, waiting) are bounded by the tick rate instead
             self._throttle.sent(render_s, now)
 
-    def _set_answer_html(self, body: str) -> bool:
-        if body == self.answer_area.value:
+    def _set(self, widget: widgets.HTML, value: str) -> bool:
+        """Send ``value`` if it is new; counted in ``n_updates`` (the answer) or ``n_status_updates``."""
+        if value == widget.value:
             return False
-        self.answer_area.value = body
-        self.n_updates += 1
+        widget.value = value
+        self.n_updates += widget is self.answer_area
+        self.n_status_updates += widget is self.status
         return True
-
-    def _set_status(self, text: str) -> None:
-        if text != self.status.value:
-            self.status.value = text
-            self.n_status_updates += 1
 
     def _show_error(self, message: str) -> None:
         with self._lock:
             self._error = message
             self._status_is_model = False
-            self._set_status(self._status_text(None))
+            self._set(self.status, self._status_text(None))
 
     def _status_text(self, final: Answer | None) -> str:
         if self._error and not self.running:
             return panel_models.status_html("✖", self._error, panel_models.RED)
         if final is not None:
-            return panel_models.answer_status_html(final)
+            return panel_models.answer_status_html(final, self._queued)
         stream = self._stream
         if self.running and stream is not None:
-            return panel_models.request_status_html(stream, len(self._pieces), self._stopping)
+            p = panel_models.progress_of(stream)
+            self._queued = self._queued or (p is not None and p.phase == "queue")
+            return panel_models.request_status_html(stream, len(self._pieces), self._stopping, p)
         return panel_models.model_status_html(self.model.value)
 
     def _idle_status(self) -> None:
@@ -360,7 +364,7 @@ class AskPanel(widgets.VBox):
                 return
             self._error = None
             self._status_is_model = True
-            self._set_status(panel_models.model_status_html(self.model.value))
+            self._set(self.status, panel_models.model_status_html(self.model.value))
         if panel_models.is_loading(self.model.value):
             self._ensure_ticker()
 
@@ -381,7 +385,7 @@ class AskPanel(widgets.VBox):
                 if self.running:
                     self._push()  # trailing text, token counts, "loading (N s)"; throttled like chunks
                 elif self._status_is_model and not self._error and not self._closed:
-                    self._set_status(panel_models.model_status_html(self.model.value))
+                    self._set(self.status, panel_models.model_status_html(self.model.value))
                 if self._closed or not (self.running or panel_models.is_loading(self.model.value)):
                     if self._ticker is me:  # under the lock: _ensure_ticker then starts a new one
                         self._ticker = None

@@ -4,7 +4,8 @@ One ``Entry`` per ``ModelSpec`` key (resolved path + load options): a model is l
 per kernel, whichever front end asks. Loads run on a bounded pool of named daemon threads;
 callers wait with a deadline; two requests for a model that is still loading share one load.
 A failed background load keeps its error: it is shown in the status, raised at first use, and
-the next load retries. Nothing here imports IPython.
+the next load retries. Loading another spec of the same model (say, after ``n_ctx`` changed)
+replaces the older one: it closes once its requests end. Nothing here imports IPython.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from . import settings as settings_mod
-from .cache_entry import FAILED, LOADING, READY, UNLOADED, Entry, file_id
+from .cache_entry import CLOSING, FAILED, LOADING, READY, UNLOADED, Entry, file_id, load_options
 from .engines import load_engine
 from .engines.base import Engine, Loader
 from .errors import CacheClosed, LLMMagicError, LoadTimeout, ModelLoadError
+from .eviction import expired, lru_victims, same_model
 from .model_queue import ModelQueue, QueueUser
 from .specs import ModelSpec
 from .workers import WorkerPool
@@ -43,6 +45,7 @@ class ModelCache:
     def __init__(self, loader: Loader | None = None, max_workers: int = 2):
         self._loader: Loader = loader or load_engine
         self._entries: dict[tuple[Any, ...], Entry] = {}
+        self._closing: list[Entry] = []  # replaced, still finishing a request: closed when it ends
         self._lock = threading.RLock()
         self._pool = WorkerPool("llm_magic-load", max_workers)
         self.closed = False
@@ -54,8 +57,9 @@ class ModelCache:
     # ---- lookups -------------------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
+        """Every entry: loaded, loading, failed, unloaded (a note), then replaced ones still closing."""
         with self._lock:
-            return list(self._entries.values())
+            return [*self._entries.values(), *self._closing]
 
     def entry(self, spec: ModelSpec) -> Entry | None:
         with self._lock:
@@ -66,69 +70,100 @@ class ModelCache:
         with self._lock:
             return [
                 e
-                for e in self._entries.values()
+                for e in [*self._entries.values(), *self._closing]
                 if name in (e.spec.name, e.spec.path, os.path.basename(e.spec.path), e.name)
             ]
 
     # ---- loading -------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, *, retry_failed: bool = True) -> Entry:
-        """Start loading ``spec`` in the background unless it is loaded or loading. Never blocks."""
+        """Start loading ``spec`` in the background unless it is loaded or loading. Never blocks.
+        Other entries of the same model, loaded with other options, are replaced."""
+        victims: list[Victim] = []
         with self._lock:
             if self.closed:
                 raise CacheClosed("the model cache is shut down")
             entry = self._entries.get(spec.key)
-            if entry is not None and entry.state in (LOADING, READY):
+            if entry is None and (entry := self._revive(spec)) is not None:
+                replaced = self._retire_others(spec)  # switched back while the old one was busy
+            elif entry is not None and (
+                entry.state in (LOADING, READY) or (entry.state == FAILED and not retry_failed)
+            ):
                 return entry
-            if entry is not None and entry.state == FAILED and not retry_failed:
-                return entry
-            if entry is None:
-                entry = Entry(spec=spec)
-                self._entries[spec.key] = entry
-            entry.state, entry.error, entry.model, entry.load_s = LOADING, None, None, None
-            entry.error_reported = False
-            entry.load_started = time.monotonic()
-            entry.abort = threading.Event()
-            try:
-                entry.size_bytes = 0 if spec.remote else os.path.getsize(spec.path)
-            except OSError:
-                entry.size_bytes = 0
-            victims = [] if spec.remote else self._make_room(entry)
-            entry.future = self._pool.submit(self._load, entry)
+            else:
+                replaced = self._retire_others(spec)
+                entry = self._start_load(spec, entry)
+                victims = [] if spec.remote else self._make_room(entry)
+                entry.future = self._pool.submit(self._load, entry)
+        for old, model, queue, _ in replaced:
+            self._close_model(old, model, queue, timeout=10.0)  # idle: closes now
         for victim in victims:
             self._evict(victim)
         return entry
+
+    def _start_load(self, spec: ModelSpec, entry: Entry | None) -> Entry:
+        """The entry of ``spec`` (new, failed or unloaded) marked loading (caller holds the lock)."""
+        if entry is None:
+            entry = Entry(spec=spec)
+            self._entries[spec.key] = entry
+        entry.state, entry.error, entry.model, entry.load_s = LOADING, None, None, None
+        entry.error_reported = False
+        entry.load_started = time.monotonic()
+        entry.abort = threading.Event()
+        try:
+            entry.size_bytes = 0 if spec.remote else os.path.getsize(spec.path)
+        except OSError:
+            entry.size_bytes = 0
+        return entry
+
+    # ---- replacing: one instance per model --------------------------------------------------------
+
+    def _retire_others(self, spec: ModelSpec) -> list[Victim]:
+        """Retire the other entries of ``spec``'s model (same file and projector, or same server and
+        model), loaded with other options (caller holds the lock): an idle one is claimed to close
+        now, a busy one closes when its last request ends (never under a generation), a loading one
+        is abandoned, a failed or unloaded one is forgotten. No request starts on any of them again."""
+        now, claimed = load_options(spec) or "default options", list[Victim]()
+        for old in same_model(self._entries.values(), spec):
+            del self._entries[old.spec.key]
+            log.info("llm_magic: %s (%s) is replaced by %s", old.name, load_options(old.spec) or "default options", now)
+            old.replaced_by = now
+            if old.state == LOADING:  # its waiters get a ModelLoadError saying so (no reload ping-pong)
+                old.state = UNLOADED
+                old.abort.set()
+            elif old.state == READY and old.active == 0:
+                claimed.append(_claim(old, f"replaced by {now}"))
+            elif old.state == READY:
+                old.state, old.note = CLOSING, f"replaced by {now}: closes when its request ends"
+                self._closing.append(old)
+        return claimed
+
+    def _revive(self, spec: ModelSpec) -> Entry | None:
+        """A replaced entry of ``spec`` that is still finishing a request takes over again (caller
+        holds the lock): switching back to the old options while it is busy needs no new load."""
+        old = next((e for e in self._closing if e.spec.key == spec.key), None)
+        if old is not None:
+            self._forget(old)
+            old.state, old.note, old.replaced_by = READY, None, None
+            self._entries[spec.key] = old
+        return old
 
     # ---- memory budget, LRU eviction, keep_alive ----------------------------------------------
 
     def _resident(self) -> list[Entry]:
         """Local models in memory (a remote model costs no local memory: not counted)."""
-        return [e for e in self._entries.values() if e.state in (LOADING, READY) and not e.spec.remote]
+        live = (LOADING, READY, CLOSING)
+        return [e for e in [*self._entries.values(), *self._closing] if e.state in live and not e.spec.remote]
 
     def _make_room(self, incoming: Entry) -> list[Victim]:
-        """Pick least recently used idle models to evict so that ``incoming`` fits the limits.
-
-        A model that is generating or has a request queued (``active``) is never picked; if only
-        such models remain, the load goes ahead over the limit (and says so) rather than fail."""
+        """Claim the idle models ``eviction.lru_victims`` picks so that ``incoming`` fits the limits;
+        if every other model is busy, the load goes over the limit and says so."""
         settings = settings_mod.current()
-        max_models = settings.max_loaded_models
-        budget = settings.memory_budget_bytes
-        resident = [e for e in self._resident() if e is not incoming]
-        idle = sorted((e for e in resident if e.state == READY and e.active == 0), key=lambda e: e.idle_since)
-        victims: list[tuple[Entry, str]] = []
-
-        def over() -> str | None:
-            kept = [e for e in resident if all(e is not v for v, _ in victims)]
-            if max_models and len(kept) + 1 > max_models:
-                return f"max_loaded_models={max_models}"
-            if budget and sum(e.size_bytes for e in kept) + incoming.size_bytes > budget:
-                return f"memory_budget={budget} bytes"
-            return None
-
-        while (reason := over()) is not None and idle:
-            victims.append((idle.pop(0), reason))
-        if reason is not None:
-            log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, reason)
+        victims, over = lru_victims(
+            self._resident(), incoming, settings.max_loaded_models, settings.memory_budget_bytes
+        )
+        if over is not None:
+            log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, over)
         return [_claim(victim, reason) for victim, reason in victims]
 
     def _evict(self, victim: Victim) -> None:
@@ -146,12 +181,9 @@ class ModelCache:
         """Unload models idle for longer than ``keep_alive`` seconds (Ollama's keep_alive)."""
         now = time.monotonic()
         with self._lock:
-            expired = [
-                e
-                for e in self._entries.values()
-                if e.state == READY and e.active == 0 and now - e.idle_since >= keep_alive
+            victims = [
+                _claim(e, f"keep_alive={keep_alive:g} s") for e in expired(self._entries.values(), keep_alive, now)
             ]
-            victims = [_claim(e, f"keep_alive={keep_alive:g} s") for e in expired]
         for victim in victims:
             self._evict(victim)
         return len(victims)
@@ -175,6 +207,8 @@ class ModelCache:
                 entry.state = FAILED
                 entry.error = str(exc) if isinstance(exc, LLMMagicError) else f"{type(exc).__name__}: {exc}"
                 entry.load_s = time.monotonic() - started
+                if entry.replaced_by is not None:
+                    raise ModelLoadError(f"{entry.name} was replaced by {entry.replaced_by} while it loaded") from None
             # no output from a worker thread: the error is kept, shown in %llm status, raised at first use
             log.debug("llm_magic: loading %s failed: %s", entry.name, entry.error)
             raise
@@ -184,6 +218,8 @@ class ModelCache:
                 # unloaded or shut down while it loaded: don't keep it
                 model.close()
                 entry.state = UNLOADED
+                if entry.replaced_by is not None:
+                    raise ModelLoadError(f"{entry.name} was replaced by {entry.replaced_by} while it loaded")
                 raise CacheClosed(f"{entry.name} was unloaded while it loaded")
             entry.model = model
             entry.queue = ModelQueue(model.concurrency)
@@ -272,6 +308,8 @@ class ModelCache:
             return entry.queue
 
     def end_use(self, entry: Entry, queue: ModelQueue, user: QueueUser, used: bool = True) -> None:
+        """Uncount ``user``; the last request of a replaced (closing) entry closes its model."""
+        replaced: Victim | None = None
         with self._lock:
             queue.leave(user)
             entry.active -= 1
@@ -280,21 +318,31 @@ class ModelCache:
                 entry.last_used = time.time()
             if entry.active == 0:
                 entry.idle_since = time.monotonic()
+                if entry.state == CLOSING:
+                    self._forget(entry)
+                    replaced = _claim(entry, "replaced")
+        if replaced is not None:
+            _, model, old_queue, _ = replaced
+            self._close_model(entry, model, old_queue, timeout=10.0)  # no request left on it: closes now
 
     # ---- unloading -------------------------------------------------------------------------
 
     def unload(self, entry: Entry, timeout: float = 10.0) -> bool:
         """Stop generations on ``entry``, wait until none streams, close the model. True when closed."""
         with self._lock:
+            self._forget(entry)
             if entry.state == LOADING:
                 entry.state = UNLOADED  # the load is aborted (or the loader closes what it built)
                 entry.abort.set()
-                if self._entries.get(entry.spec.key) is entry:
-                    del self._entries[entry.spec.key]
                 return True
             _, model, queue, _ = _claim(entry, "unloaded")
-            self._entries.pop(entry.spec.key, None)
         return self._close_model(entry, model, queue, timeout)
+
+    def _forget(self, entry: Entry) -> None:
+        """Drop ``entry`` from the cache (caller holds the lock); another entry of its key stays."""
+        if self._entries.get(entry.spec.key) is entry:
+            del self._entries[entry.spec.key]
+        self._closing = [e for e in self._closing if e is not entry]
 
     def _close_model(self, entry: Entry, model: Engine | None, queue: ModelQueue | None, timeout: float) -> bool:
         """Stop the model's requests and close it once none streams. If one does not stop within
@@ -320,7 +368,7 @@ class ModelCache:
             if self.closed:
                 return
             self.closed = True
-            entries = list(self._entries.values())
+            entries = [*self._entries.values(), *self._closing]
         deadline = time.monotonic() + timeout
         self._stop_watch.set()
         for entry in entries:

@@ -1,20 +1,51 @@
-"""One model in the cache: its state (loading/ready/failed/unloaded), its engine and queue once
-ready, and the bookkeeping shown in ``%llm status`` and used for eviction."""
+"""One model in the cache: its state (loading/ready/failed/unloaded, or closing once replaced), its
+engine and queue once ready, and the bookkeeping shown in ``%llm status`` and used for eviction."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from .engines.base import Engine
 from .model_queue import ModelQueue
-from .specs import ModelSpec
+from .specs import ModelSpec, physical_cores
 
 LOADING, READY, FAILED, UNLOADED = "loading", "ready", "failed", "unloaded"
+CLOSING = "closing"  # replaced by another spec of the same model: closes when its last request ends
+
+LOCAL_OPTIONS = ("n_ctx", "n_batch", "n_threads", "n_threads_batch", "use_mlock", "use_mmap", "chat", "chat_handler")
+REMOTE_OPTIONS = ("endpoint",)
+_STOCK = ModelSpec(path="")  # the stock load options (the settings' own defaults)
+
+
+def model_identity(spec: ModelSpec) -> tuple[str, ...]:
+    """What makes two specs the same model, whatever their load options: the file (and the
+    projector of a vision pair), or the server and its model name."""
+    if spec.remote:
+        return ("remote", spec.base_url, spec.remote_model)
+    return ("local", spec.path, spec.mmproj)
+
+
+def load_options(spec: ModelSpec, siblings: Sequence[ModelSpec] = ()) -> str:
+    """``key=value`` for the load options of ``spec`` that are not the stock defaults, or that
+    differ from a ``sibling`` (another spec of the same model), e.g. ``"n_ctx=8192 n_batch=64"``."""
+    names = REMOTE_OPTIONS if spec.remote else LOCAL_OPTIONS
+    cores = physical_cores()
+    stock = {n: getattr(_STOCK, n) for n in names}
+    if not spec.remote:
+        stock["n_threads"] = cores  # 0 (the default) means one thread per physical core
+        stock["n_threads_batch"] = spec.n_threads  # by default the same as n_threads
+    shown = [
+        n
+        for n in names
+        if getattr(spec, n) != stock[n] or any(getattr(spec, n) != getattr(other, n) for other in siblings)
+    ]
+    return " ".join(f"{n}={getattr(spec, n)}" for n in shown)
 
 
 def file_id(path: str) -> tuple[int, int, int] | None:
@@ -44,6 +75,7 @@ class Entry:
     file_id: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) of the file when it was loaded
     idle_since: float = 0.0  # time.monotonic() when it last became idle (for keep_alive and LRU)
     note: str | None = None  # e.g. "evicted (LRU) at 12:01:02" or "reloaded: the file changed"
+    replaced_by: str | None = None  # the load options of the spec that replaced it, e.g. "n_ctx=8192"
 
     @property
     def name(self) -> str:
@@ -52,11 +84,13 @@ class Entry:
     def loading_for(self) -> float:
         return time.monotonic() - self.load_started if self.state == LOADING else 0.0
 
-    def info(self) -> dict[str, Any]:
-        """One row of ``llm_magic.models()``: the cache's bookkeeping plus the engine's own fields."""
+    def info(self, siblings: Sequence[ModelSpec] = ()) -> dict[str, Any]:
+        """One row of ``llm_magic.models()``: the cache's bookkeeping plus the engine's own fields.
+        ``siblings``: the specs of other entries of the same model (their differing options are shown)."""
         remote = self.spec.remote
         row: dict[str, Any] = {
             "name": self.name,
+            "options": load_options(self.spec, siblings),
             "path": self.spec.base_url if remote else self.spec.path,
             "state": "remote" if remote and self.state == READY else self.state,
             "kind": "remote" if remote else ("vision" if self.spec.mmproj else "local"),

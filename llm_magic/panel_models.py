@@ -18,6 +18,7 @@ from . import runtime, specs
 from .answer import Answer
 from .cache_entry import FAILED, LOADING, READY, Entry
 from .errors import LLMMagicError
+from .rendering import answer_html
 from .settings import current as current_settings
 from .specs import ModelSpec
 
@@ -31,7 +32,11 @@ __all__ = [
     "is_loading",
     "model_status_html",
     "answer_status_html",
+    "answer_area_html",
+    "is_vision_model",
+    "wait_parts",
     "request_status_html",
+    "progress_of",
     "failed_answer",
     "status_html",
     "BLUE",
@@ -41,11 +46,13 @@ __all__ = [
 ]
 
 BLUE, GREEN, ORANGE, RED = "#1565c0", "#2e7d32", "#ef6c00", "#c62828"
+MIN_WAIT_S = 0.05  # a shorter wait for a load is not worth a word in the status line
 
 
 def status_html(icon: str, text: str, color: str = "inherit") -> str:
-    """One status line: an icon and escaped text (error messages may quote model output)."""
-    return f'<span style="color:{color}">{html.escape(icon + " " + text)}</span>'
+    """One status line: an icon and escaped text (error messages may quote model output). A long
+    word (a path) breaks anywhere rather than widening the panel."""
+    return f'<span style="color:{color};overflow-wrap:anywhere">{html.escape(icon + " " + text)}</span>'
 
 
 def _loaded_entries() -> list[Entry]:
@@ -78,6 +85,12 @@ def state_of(name: str) -> tuple[str, Entry | None, str | None]:
     if entry.state in (READY, LOADING):
         return entry.state, entry, None
     return "not loaded", entry, None
+
+
+def is_vision_model(name: str | None) -> bool:
+    """Is ``name`` (or, when empty, the configured vision model) an alias with an ``mmproj``?"""
+    s = current_settings()
+    return bool(s.aliases().get(name or s.vision_model or "", {}).get("mmproj"))
 
 
 def is_loading(name: str | None) -> bool:
@@ -135,13 +148,23 @@ def model_status_html(name: str | None) -> str:
     return status_html("◌", f"{label}: not loaded (loads on the first Ask)")
 
 
-def answer_status_html(a: Answer) -> str:
-    """The status line under a finished answer: model, tokens, speed, first token, finish reason."""
+def answer_area_html(a: Answer) -> str:
+    """The answer area under a finished answer: the same renderer as while it streamed, the marker
+    of a partial answer, and where a timed-out request's time went (``time_report``)."""
+    return answer_html(a.text, a.marker(), note=getattr(a, "time_report", None))
+
+
+def answer_status_html(a: Answer, queued: bool = False) -> str:
+    """The status line under a finished answer: model, tokens, speed, waits, first token, finish reason.
+
+    "first token" counts from when the request got the model: the time spent waiting for a load
+    (``load_wait_s``) and, when the panel saw the request ``queued`` behind another one, for the
+    busy model are shown apart (the latter is what remains of ``ttft_s`` after the load wait and
+    the prompt's evaluation, ``prompt_s``)."""
     parts = [a.model or "model", f"{a.n_tokens} tokens"]
     if a.tokens_per_s:
         parts.append(f"{a.tokens_per_s:.0f} tokens/s")
-    if a.ttft_s is not None:
-        parts.append(f"first token {a.ttft_s:.2f} s")
+    parts.extend(wait_parts(a, queued))
     parts.append(f"finish: {a.finish_reason}")
     if a.finish_reason == "error":
         parts.append(a.error or "")
@@ -149,18 +172,45 @@ def answer_status_html(a: Answer) -> str:
     return status_html("●", " · ".join(parts), GREEN if a.finish_reason in ("stop", "length") else ORANGE)
 
 
-def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False) -> str:
-    """The status line while ``stream`` runs, from its ``progress()`` (phase, tokens, tokens/s).
+def wait_parts(a: Answer, queued: bool = False) -> list[str]:
+    """``waited 2.1 s for the load``, ``waited 3.2 s for the model``, ``first token 0.05 s``
+    (the first token counted from when the request got the model; they add up to ``ttft_s``)."""
+    parts: list[str] = []
+    load = a.load_wait_s or 0.0
+    if load >= MIN_WAIT_S:
+        parts.append(f"waited {load:.1f} s for the load")
+    else:
+        load = 0.0
+    queue = 0.0
+    if queued and a.ttft_s is not None and a.prompt_s is not None:
+        queue = max(0.0, a.ttft_s - a.prompt_s - load)
+        parts.append(f"waited {queue:.1f} s for the model")
+    if a.ttft_s is not None:
+        parts.append(f"first token {max(0.0, a.ttft_s - load - queue):.2f} s")
+    return parts
+
+
+def progress_of(stream: Any) -> Progress | None:
+    """``stream.progress()``, or None for a stream-like object without one (or whose one fails)."""
+    progress = getattr(stream, "progress", None)
+    if not callable(progress):
+        return None
+    try:
+        p: Progress = progress()
+    except Exception:  # noqa: BLE001 - a stream-like object's own progress(): cosmetic, never fatal
+        return None
+    return p
+
+
+def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False, p: Progress | None = None) -> str:
+    """The status line while ``stream`` runs, from its ``progress()`` (phase, tokens, tokens/s),
+    or from ``p`` when the caller has one already. The time to the first token is left to the
+    final line, which shows it apart from any wait for a load or a busy model.
 
     A stream-like object without ``progress()`` gets a generic line counting the ``n_pieces``
     it has sent."""
-    progress = getattr(stream, "progress", None)
-    p: Progress | None = None
-    if callable(progress):
-        try:
-            p = progress()
-        except Exception:  # noqa: BLE001 - a stream-like object's own progress(): cosmetic, never fatal
-            p = None
+    if p is None:
+        p = progress_of(stream)
     name = p.model if p is not None else getattr(stream, "model_name", "model")
     if stopping or (p is not None and p.stopping):
         return status_html("◌", f"{name}: stopping…", ORANGE)
@@ -170,8 +220,6 @@ def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False) 
         parts = [f"{name}: generating", f"{p.n_tokens} tokens"]
         if p.tokens_per_s:
             parts.append(f"{p.tokens_per_s:.0f} tokens/s")
-        if p.ttft_s is not None:
-            parts.append(f"first token {p.ttft_s:.2f} s")
         return status_html("◌", " · ".join(parts), BLUE)
     if p.phase in ("start", "load"):
         loading = p.loading_s if p.loading_s is not None else p.elapsed_s
@@ -179,6 +227,9 @@ def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False) 
     if p.phase == "queue":
         return status_html("◌", f"{name}: waiting for the model (busy with another request, {p.elapsed_s:.0f} s)", BLUE)
     if p.phase == "prompt":
+        if p.prompt_tokens:  # the cell's words: "reading the prompt 1,024 / 4,461 tokens", per batch
+            done = min(p.prompt_done, p.prompt_tokens)
+            return status_html("◌", f"{name}: reading the prompt {done:,} / {p.prompt_tokens:,} tokens", BLUE)
         return status_html("◌", f"{name}: reading the prompt…", BLUE)
     return status_html("◌", f"{name}: generating…", BLUE)
 

@@ -1,43 +1,102 @@
 """How an answer reaches a front end, for the cell output and the panel alike: one sanitizer
-(model output is untrusted) and one throttle (the browser sees at most ~25 updates a second,
-and always the final text)."""
+(model output is untrusted), one form for the lines about an answer (its marker, notes, status),
+and one throttle (the browser sees at most ~25 updates a second, and always the final text)."""
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterable
 from typing import Any
 
 MAX_UPDATES_PER_S = 25  # the bound is 30; a margin for timer jitter
 CURSOR = "▌"
+EMPTY_ANSWER = "empty answer"
+SUBDUED = "opacity:0.7"  # lines about the answer, not from the model: readable on light and dark themes
 
 _md: Any = None
 
 
 def render_markdown(text: str) -> str:
     """Markdown → HTML for untrusted text: raw HTML is escaped (shown as text), images are not
-    loaded, and ``javascript:``/``data:`` links are refused (markdown-it's link validation)."""
+    loaded, and ``javascript:``/``data:`` links are refused (markdown-it's link validation).
+    A single line break stays a line break (as the streamed text showed it)."""
     global _md
     if _md is None:
         from markdown_it import MarkdownIt
 
-        _md = (
-            MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
-            .enable(["table", "strikethrough"])
-            .disable("image")
-        )
+        options = {"html": False, "linkify": False, "typographer": False, "breaks": True}
+        _md = MarkdownIt("commonmark", options).enable(["table", "strikethrough"]).disable("image")
     return str(_md.render(text))
+
+
+def interim_html(text: str) -> str:
+    """A growing answer while it streams: the same renderer as the final view, with the cursor."""
+    return render_markdown(text + CURSOR)
+
+
+def meta_line(words: str) -> str:
+    """The one form of a line about the answer (marker, note, status), in plain text and HTML alike."""
+    return f"[{words}]"
+
+
+def _notes(note: str | Iterable[str] | None) -> list[str]:
+    if note is None:
+        return []
+    return [note] if isinstance(note, str) else [n for n in note if n]
+
+
+def shows_empty(text: str, marker: str | None) -> bool:
+    """Say "empty answer"? When nothing visible came, unless the marker already says why (it
+    stopped before any text came)."""
+    return not text.strip() and (bool(text) or not marker)
+
+
+def _subdued(css_class: str, words: str) -> str:
+    return f'<p class="{css_class}" style="{SUBDUED}">{html.escape(meta_line(words))}</p>'
+
+
+def status_html(words: str) -> str:
+    """A status shown before the first token (loading, reading the prompt), subdued."""
+    return _subdued("llm-magic-status", words)
 
 
 def marker_html(marker: str) -> str:
     """The line under a partial answer (timeout, Stop, error, max_tokens), subdued."""
-    return f'<hr><p class="llm-magic-marker"><em>{html.escape(marker)}</em></p>'
+    return "<hr>" + _subdued("llm-magic-marker", marker)
 
 
-def answer_html(text: str, marker: str | None = None) -> str:
-    """A finished answer: its Markdown rendered safely, and the partial-answer marker if any."""
-    body = render_markdown(text) if text else ""
-    return body + (marker_html(marker) if marker else "")
+def note_html(note: str) -> str:
+    """A note about the answer (where a timed-out answer's time went, no code block), subdued."""
+    return _subdued("llm-magic-note", note)
+
+
+def answer_html(text: str, marker: str | None = None, note: str | Iterable[str] | None = None) -> str:
+    """A finished answer: its Markdown rendered safely ("empty answer" when there is nothing to
+    see), then the partial-answer marker and any notes (e.g. ``Answer.time_report``)."""
+    body = render_markdown(text) if text.strip() else ""
+    if shows_empty(text, marker):
+        body = _subdued("llm-magic-empty", EMPTY_ANSWER)
+    notes = _notes(note)
+    if marker:
+        body += marker_html(marker)
+    elif notes and body:
+        body += "<hr>"
+    return body + "".join(note_html(n) for n in notes)
+
+
+def about_lines(text: str, marker: str | None = None, note: str | Iterable[str] | None = None) -> list[str]:
+    """The lines about an answer, in order and bracketed: "empty answer" when there is nothing to
+    see, the partial-answer marker, the notes. The plain-text form of what ``answer_html`` adds."""
+    words = ([EMPTY_ANSWER] if shows_empty(text, marker) else []) + ([marker] if marker else []) + _notes(note)
+    return [meta_line(w) for w in words]
+
+
+def answer_text(text: str, marker: str | None = None, note: str | Iterable[str] | None = None) -> str:
+    """The plain-text form of ``answer_html``: the text, then the lines about it."""
+    return "\n\n".join(
+        part for part in (text if text.strip() else "", "\n".join(about_lines(text, marker, note))) if part
+    )
 
 
 class Throttle:

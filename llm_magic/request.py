@@ -43,6 +43,8 @@ class Progress:
     ttft_s: float | None
     loading_s: float | None  # how long the model has been loading, in the "load" phase
     stopping: bool
+    prompt_tokens: int = 0  # prompt tokens to evaluate (not reused from the KV cache), once known
+    prompt_done: int = 0  # of those, evaluated so far: "reading the prompt 1,024 / 4,461 tokens"
 
 
 def _message(exc: BaseException) -> str:
@@ -165,6 +167,8 @@ class Stream:
             ttft_s=first - self.started if first is not None else None,
             loading_s=loading,
             stopping=self._stop_event.is_set() and self.phase != "done",
+            prompt_tokens=stats.n_prompt_evaluated if stats is not None else 0,
+            prompt_done=stats.n_prompt_done if stats is not None else 0,
         )
 
     def consume(self, on_chunk: Callable[[str], None] | None = None) -> Answer:
@@ -189,15 +193,11 @@ class Stream:
         return self.answer
 
     def log_timeout(self) -> None:
-        """One log record saying where the time of a timed-out request went."""
+        """One log record (INFO) saying where the time of a timed-out request went; front ends show
+        the same words, subdued, under the answer (``Answer.time_report``)."""
         answer = self.answer
         if answer is not None and answer.finish_reason == "timeout":
-            log.warning(
-                "llm_magic: %s timed out after %g s: %s",
-                answer.model,
-                self.timeout,
-                time_report(answer, self.started, self._times),
-            )
+            log.info("llm_magic: %s timed out after %g s: %s", answer.model, self.timeout, answer.time_report)
 
     # ---- the work -------------------------------------------------------------------------------
 
@@ -228,6 +228,8 @@ class Stream:
             self.phase = "done"
             rt.untrack(self)
             self.answer = self._finish(pieces, meta)
+            if self.answer.finish_reason == "timeout":
+                self.answer.time_report = time_report(self.answer, self.started, self._times)
             rt.last_answer = self.answer
             if self.answer.finish_reason == "timeout" and not self.defer_log:
                 self.log_timeout()
@@ -263,6 +265,9 @@ class Stream:
         (wake-ups compete with llama.cpp's threads); inline costs ~1%. The panel keeps the kernel
         free by consuming the whole stream on a worker thread instead."""
         stats = StreamStats()
+        if self.on_status is not None:  # a long prompt: "reading the prompt 1,024 / 4,461 tokens" per batch
+            on_status = self.on_status
+            stats.on_prompt = lambda done, total: on_status(f"reading the prompt {done:,} / {total:,} tokens")
         self._stats = stats
         times = self._times
         model = entry.model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import string
 import time
 
 import pytest
@@ -114,16 +115,16 @@ def test_a_complete_answer_has_no_marker():
 
 def test_timeout_with_tokens():
     a = Answer("abc", finish_reason="timeout", n_tokens=3, timeout=2.5)
-    assert a.marker() == "⏱ timed out after 2.5 s — partial answer, 3 tokens"
+    assert a.marker() == "timed out after 2.5 s — partial answer, 3 tokens"
     one = Answer("a", finish_reason="timeout", n_tokens=1, timeout=10.0)
-    assert one.marker() == "⏱ timed out after 10 s — partial answer, 1 token"
+    assert one.marker() == "timed out after 10 s — partial answer, 1 token"
     no_limit = Answer("a", finish_reason="timeout", n_tokens=2)
-    assert no_limit.marker() == "⏱ timed out after the time limit — partial answer, 2 tokens"
+    assert no_limit.marker() == "timed out after the time limit — partial answer, 2 tokens"
 
 
 def test_timeout_with_text_but_no_counted_token_is_still_a_partial_answer():
     a = Answer("text", finish_reason="timeout", n_tokens=0, timeout=1.0)
-    assert a.marker() == "⏱ timed out after 1 s — partial answer, 0 tokens"
+    assert a.marker() == "timed out after 1 s — partial answer, 0 tokens"
 
 
 @pytest.mark.parametrize(
@@ -139,15 +140,34 @@ def test_timeout_with_text_but_no_counted_token_is_still_a_partial_answer():
 def test_timeout_without_tokens_says_which_phase(phase, why):
     meta = {"phase": phase} if phase else {}
     a = Answer("", finish_reason="timeout", timeout=3.0, load_wait_s=2.26, n_prompt_evaluated=1234, **meta)
-    assert a.marker() == f"⏱ timed out after 3 s — no token came: {why}"
+    assert a.marker() == f"timed out after 3 s — no token came: {why}"
 
 
 def test_cancelled_error_and_length_markers():
-    assert Answer("ab", finish_reason="cancelled", n_tokens=2).marker() == "⏹ cancelled — partial answer, 2 tokens"
-    assert Answer("", finish_reason="cancelled").marker() == "⏹ cancelled — partial answer, 0 tokens"
+    assert Answer("ab", finish_reason="cancelled", n_tokens=2).marker() == "cancelled — partial answer, 2 tokens"
+    assert Answer("", finish_reason="cancelled").marker() == "cancelled — partial answer, 0 tokens"
     err = Answer("a", finish_reason="error", n_tokens=1, error="ModelLoadError: boom")
-    assert err.marker() == "⚠ error — partial answer, 1 token: ModelLoadError: boom"
-    assert Answer("x" * 5, finish_reason="length", n_tokens=5).marker() == "… stopped at max_tokens (5 tokens)"
+    assert err.marker() == "error — partial answer, 1 token: ModelLoadError: boom"
+    assert Answer("x" * 5, finish_reason="length", n_tokens=5).marker() == "stopped at max_tokens (5 tokens)"
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"finish_reason": "timeout", "n_tokens": 39, "timeout": 1.0},
+        {"finish_reason": "timeout", "phase": "load", "timeout": 1.0},
+        {"finish_reason": "cancelled", "n_tokens": 3},
+        {"finish_reason": "error", "n_tokens": 1, "error": "RuntimeError: x"},
+        {"finish_reason": "length", "n_tokens": 128},
+    ],
+)
+def test_markers_are_words_that_need_no_emoji_font(meta):
+    """Every character is a letter, digit, ASCII punctuation or the em dash: nothing that shows
+    as an empty box where no emoji font is installed; and the marker is a plain sentence (the
+    front ends bracket it, all in the same way)."""
+    marker = Answer("abc" if meta.get("n_tokens") else "", **meta).marker()
+    assert marker and set(marker) <= set(string.ascii_letters + string.digits + string.punctuation + " —")
+    assert not marker.startswith(("[", "…")) and not marker.endswith("]")
 
 
 # ---- time_report --------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import html
+import re
 import threading
 import time
 from itertools import pairwise
@@ -13,7 +15,7 @@ import llm_magic
 from llm_magic import runtime, specs
 from llm_magic.answer import Answer
 from llm_magic.ask_panel import AskPanel
-from llm_magic.rendering import answer_html, render_markdown
+from llm_magic.rendering import answer_html, interim_html, render_markdown
 
 CRAFTED = [
     'Hello <img src=x onerror="window.__pwned=1"> and ',
@@ -41,9 +43,6 @@ def wait_for(cond, timeout: float = 10.0, step: float = 0.005):
 
 
 def status_text(panel: AskPanel) -> str:
-    import html
-    import re
-
     return html.unescape(re.sub(r"<[^>]+>", "", panel.status.value))
 
 
@@ -163,9 +162,12 @@ def test_click_returns_at_once_streams_and_is_throttled(use_model):
         )
     times = [t for t, _ in sent]
     gaps = [b - a for a, b in pairwise(times)]
-    assert min(gaps[:-1]) >= 1 / 30 - 0.002, min(gaps)  # the last gap may be the final update
-    # the final text is complete: every token, rendered, with the partial-answer marker
-    assert sent[-1][1] == answer_html(answer.text, answer.marker()) == panel.answer_area.value
+    # the first gap: the cursor shown on Ask, then the first token at once; the last: the final view
+    assert sent[0][1] == interim_html("") and min(gaps[1:-1]) >= 1 / 30 - 0.002, min(gaps)
+    # the final text is complete: every token, rendered, with the partial-answer marker and where
+    # the time went
+    assert sent[-1][1] == answer_html(answer.text, answer.marker(), note=answer.time_report)
+    assert sent[-1][1] == panel.answer_area.value and answer.time_report
     assert sent[-1][1].startswith(render_markdown(answer.text)) and "▌" not in sent[-1][1]
     assert "timed out after 3 s — partial answer" in sent[-1][1]
     status = status_text(panel)
@@ -176,11 +178,9 @@ def test_click_returns_at_once_streams_and_is_throttled(use_model):
     panel.ask_button.click()
     answer = panel.wait(60)
     assert answer.finish_reason == "length" and answer.n_tokens == 50
-    assert (
-        panel.answer_area.value
-        == render_markdown(answer.text)
-        + '<hr><p class="llm-magic-marker"><em>… stopped at max_tokens (50 tokens)</em></p>'
-    )
+    assert panel.answer_area.value == answer_html(answer.text, answer.marker())
+    assert panel.answer_area.value.startswith(render_markdown(answer.text))
+    assert "stopped at max_tokens (50 tokens)" in panel.answer_area.value
     assert "finish: length" in status_text(panel) and len(panel.history) == 2
     panel.close()
 
@@ -196,7 +196,7 @@ def test_stop_cancels_within_a_token(use_model):
     assert time.monotonic() - t0 < 1.0
     assert answer.finish_reason == "cancelled"
     assert answer.n_tokens - at_stop <= 3, (answer.n_tokens, at_stop)  # a token or two in flight
-    assert "⏹ cancelled — partial answer" in panel.answer_area.value
+    assert "cancelled — partial answer" in panel.answer_area.value
     assert "finish: cancelled" in status_text(panel)
     assert not panel.running and not panel.ask_button.disabled and panel.stop_button.disabled
     # the model is free again: the next ask works
@@ -212,9 +212,13 @@ def test_timeout_gives_a_marked_partial_answer(use_model):
     panel.ask("Talk forever")
     answer = panel.wait(20)
     assert answer.finish_reason == "timeout" and answer.text and answer.n_tokens > 0
-    assert "⏱ timed out after 1.5 s — partial answer" in panel.answer_area.value
+    assert "timed out after 1.5 s — partial answer" in panel.answer_area.value
     assert render_markdown(answer.text) in panel.answer_area.value
     assert "finish: timeout" in status_text(panel)
+    # where the time went, subdued under the answer (as the cell shows it)
+    assert answer.time_report and "prompt evaluation" in answer.time_report
+    assert panel.answer_area.value == answer_html(answer.text, answer.marker(), note=answer.time_report)
+    panel.close()
 
 
 def test_loading_status_ticks_while_the_model_loads(use_model, monkeypatch):
@@ -290,9 +294,12 @@ def test_missing_file_failed_load_and_bad_options_show_in_status(use_model, corr
     panel.ask_button.click()
     assert "max_tokens must be a positive integer" in status_text(panel)
     panel.max_tokens.value, panel.prompt.value = 5, "  "
+    n_history = len(panel.history)
     panel.ask_button.click()
-    assert "prompt is empty" in status_text(panel)
-    assert not panel.running
+    # said in the panel's own words (the request's message is about cells and %ask)
+    assert status_text(panel) == "✖ the prompt is empty: type a question above"
+    assert panel.ask(" \n\t") is None and "type a question above" in status_text(panel)
+    assert not panel.running and len(panel.history) == n_history
     panel.close()
 
 
@@ -305,7 +312,7 @@ def test_two_panels_on_one_model_take_turns(use_model):
     for p in (a, b):
         real = p._on_chunk
         p._on_chunk = lambda stream, chunk, p=p, real=real: (
-            got[p].append((time.monotonic(), chunk)),
+            chunk is not None and got[p].append((time.monotonic(), chunk)),  # None: a status event
             real(stream, chunk),
         )
     a.ask("Tell me a story")
@@ -321,6 +328,76 @@ def test_two_panels_on_one_model_take_turns(use_model):
     assert render_markdown(ra.text) in a.answer_area.value and render_markdown(rb.text) in b.answer_area.value
     a.close()
     b.close()
+
+
+def test_a_wait_for_a_busy_model_is_shown_apart_from_the_first_token(use_model):
+    a, b = make_panel(max_tokens=100000, timeout=60), make_panel(max_tokens=5, timeout=60)
+    a.ask("Talk forever")
+    assert wait_for(lambda: len(a._pieces) > 5, timeout=20)
+    b.ask("Hi")
+    assert wait_for(lambda: "waiting for the model (busy" in status_text(b), timeout=10), status_text(b)
+    time.sleep(1.0)  # b waits at least this long after it was seen waiting
+    a.stop()
+    ra, rb = a.wait(10), b.wait(30)
+    assert ra.finish_reason == "cancelled" and rb.finish_reason == "length"
+    status = status_text(b)
+    m = re.search(r"· waited ([\d.]+) s for the model · first token ([\d.]+) s ·", status)
+    assert m, status
+    waited, first = float(m[1]), float(m[2])
+    assert waited >= 1.0 and first < waited, status
+    assert abs(waited + first - rb.ttft_s) <= 0.06, (waited, first, rb.ttft_s)  # they add up (rounded)
+    assert first == round(rb.prompt_s, 2), (first, rb.prompt_s)  # from getting the model to the first token
+    # the one that held the model did not wait for it (it may have waited for the load)
+    assert "for the model" not in status_text(a) and "first token" in status_text(a)
+    a.close()
+    b.close()
+
+
+def test_status_counts_the_prompt_batches(use_model, tiny_model):
+    # a long prompt is evaluated batch by batch: the status line says how far, in the cell's words
+    llm_magic.current_settings().models = {"small-batch": {"path": tiny_model, "n_batch": 32}}
+    llm_magic.preload("small-batch")
+    runtime.get().cache.get(specs.resolve("small-batch"))
+
+    class Unthrottled(AskPanel):  # the tiny model reads a batch in well under 1/25 s: see every one
+        MAX_UPDATES_PER_S = 100_000
+
+    panel = Unthrottled(model="small-batch", max_tokens=3, timeout=60, temperature=0.0)
+    values = panel.status.comm.values
+    n0 = len(values())
+    panel.ask(" ".join(f"word{i}" for i in range(200)))
+    answer = panel.wait(60)
+    assert answer.finish_reason == "length" and answer.n_prompt_evaluated > 4 * 32, answer.n_prompt_evaluated
+    shown = [html.unescape(re.sub(r"<[^>]+>", "", v)) for _, v in values()[n0:]]
+    counts = [re.search(r"reading the prompt ([\d,]+) / ([\d,]+) tokens", v) for v in shown]
+    counts = [(int(m[1].replace(",", "")), int(m[2].replace(",", ""))) for m in counts if m]
+    assert counts, shown
+    assert {total for _, total in counts} == {answer.n_prompt_evaluated}
+    done = [d for d, _ in counts]
+    assert done == sorted(done) and len(set(done)) >= 3, done  # it moved on, batch by batch
+    assert answer.n_prompt_evaluated - 32 <= done[-1] <= answer.n_prompt_evaluated, done
+    panel.close()
+
+
+def test_the_answer_area_is_never_empty_and_keeps_line_breaks():
+    panel = make_panel()
+    panel.show_answer("an earlier answer")
+    values = panel.answer_area.comm.values
+    n0 = len(values())
+    panel.start(CraftedStream(["first line\n", "second line\n", "third line"], delay=0.1))
+    answer = panel.wait(5)
+    sent = [v for _, v in values()[n0:]]
+    # the cursor replaces the earlier answer, tokens follow, and the final view replaces the
+    # streamed one in one update: no empty frame anywhere
+    assert sent[0] == interim_html("") and all(v.strip() for v in sent), sent
+    assert any("first line<br" in v and "▌" in v for v in sent[:-1]), sent  # while streaming
+    assert sent[-1] == answer_html(answer.text, answer.marker()) and sent[-1].count("<br") == 2
+    # an answer with no text at all still shows something
+    panel.start(CraftedStream([]))
+    panel.wait(5)
+    assert panel.answer_area.value == answer_html("", None) and panel.answer_area.value.strip()
+    assert all(v.strip() for _, v in values()[n0:])
+    panel.close()
 
 
 def test_close_while_streaming_stops_the_generation(use_model):

@@ -1,6 +1,7 @@
 """llm_magic.cache: ``ModelCache`` on real tiny GGUF models — each model built once per spec,
 concurrent loads sharing one load, background failures, unloading, a bounded close_all, LRU
-eviction (max_loaded_models, memory_budget), keep_alive, busy models never evicted, a model file
+eviction (max_loaded_models, memory_budget), keep_alive, busy models never evicted, other load
+options replacing a model (an idle one at once, a busy one after its generation), a model file
 replaced on disk, and an abandoned load."""
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import llm_magic
 from llm_magic import cache as cache_mod
 from llm_magic import runtime
 from llm_magic.cache import ModelCache
+from llm_magic.cache_entry import Entry
 from llm_magic.engines import load_engine
 from llm_magic.errors import CacheClosed, ConfigError, LoadTimeout, ModelLoadError
+from llm_magic.eviction import same_model
 from llm_magic.settings import parse_bytes, parse_seconds
-from llm_magic.specs import resolve
+from llm_magic.specs import ModelSpec, resolve
 
 from conftest import run
 from tiny_gguf import write_tiny_model
@@ -35,6 +38,11 @@ def states() -> dict[str, str]:
     return {os.path.basename(e.spec.path): e.state for e in runtime.get().cache.entries()}
 
 
+def cached_rows() -> list[dict]:
+    """``models()`` less the rows of models that are only configured (aliases, the default model)."""
+    return [m for m in llm_magic.models() if "kind" in m]  # a configured-only row has no kind
+
+
 # ---- loading ------------------------------------------------------------------------------------
 
 
@@ -43,14 +51,11 @@ def test_model_is_built_once_per_spec(tiny_model, llama_constructions):
         llm_magic.ask("hi", model=tiny_model, max_tokens=5)
     assert llama_constructions["n"] == 1
     assert runtime.get().cache.constructions == 1
-    [info] = llm_magic.models()
+    [info] = cached_rows()
     assert info["uses"] == 3 and info["state"] == "ready" and info["load_s"] > 0
     assert set(info) >= {"name", "path", "state", "size_bytes", "load_s", "uses", "last_used", "error"}
     assert info["size_bytes"] == os.path.getsize(tiny_model)
-    # other load options are another spec, so another model
-    llm_magic.current_settings().n_ctx = 512
-    llm_magic.ask("hi", model=tiny_model, max_tokens=5)
-    assert llama_constructions["n"] == 2 and len(runtime.get().cache.entries()) == 2
+    assert info["options"] == ""  # loaded with the default options
 
 
 def test_concurrent_loads_share_one_load(tiny_model, llama_constructions):
@@ -142,7 +147,7 @@ def test_unload_one_model(tiny_model, tiny_model_b):
     model = first.model
     assert llm_magic.unload("tiny.gguf") == 1
     assert model.closed and first.state == "unloaded"
-    assert [m["name"] for m in llm_magic.models()] == ["tiny-b.gguf"]
+    assert [m["name"] for m in cached_rows()] == ["tiny-b.gguf"]
     with pytest.raises(ConfigError, match="no loaded model"):
         llm_magic.unload("tiny.gguf")
     assert llm_magic.ask("x", model=tiny_model, max_tokens=2).n_tokens == 2  # reloads on demand
@@ -251,6 +256,117 @@ def test_budget_settings_through_config(ip, caplog):
     assert "keep_alive must be seconds or 'forever'" in caplog.text
     assert "max_loaded_models must be >= 0" in caplog.text
     assert (s.max_loaded_models, s.memory_budget, s.keep_alive) == (2, "40%", 300)  # the old values stay
+
+
+# ---- other load options replace the model --------------------------------------------------------
+
+
+def test_changing_n_ctx_replaces_the_model(tiny_model, llama_constructions):
+    llm_magic.ask("hi", model=tiny_model, max_tokens=2)
+    [old] = runtime.get().cache.entries()
+    old_model = old.model
+    llm_magic.current_settings().n_ctx = 512
+    assert llm_magic.ask("hi", model=tiny_model, max_tokens=2).n_tokens == 2
+    assert llama_constructions["n"] == 2  # a new instance, with the new options
+    assert old_model.closed and old.state == "unloaded"  # and the old one is gone, not kept beside it
+    [entry] = runtime.get().cache.entries()
+    assert entry.spec.n_ctx == 512 and entry.model is not old_model
+    [row] = cached_rows()
+    assert (row["name"], row["state"], row["options"], row["n_ctx"]) == ("tiny.gguf", "ready", "n_ctx=512", 512)
+    llm_magic.ask("hi", model=tiny_model, max_tokens=2)
+    assert llama_constructions["n"] == 2  # the replacement is the cached model now
+
+
+def test_a_busy_model_is_replaced_after_its_generation(tiny_model):
+    started, go_on, result = threading.Event(), threading.Event(), {}
+
+    def long_ask():
+        s = llm_magic.stream("go", model=tiny_model, max_tokens=40, timeout=60)
+        result["a"] = s.consume(lambda _chunk: (started.set(), go_on.wait(30)))  # holds the model meanwhile
+
+    t = threading.Thread(target=long_ask)
+    t.start()
+    try:
+        assert started.wait(30)
+        [old] = runtime.get().cache.entries()
+        old_model = old.model
+        llm_magic.current_settings().n_ctx = 512
+        assert llm_magic.ask("x", model=tiny_model, max_tokens=3).n_tokens == 3  # the new instance answers
+        assert not old_model.closed and old.state == "closing"  # never closed under a generation
+        rows = {m["options"]: m["state"] for m in cached_rows()}
+        assert rows == {"n_ctx=4096": "closing", "n_ctx=512": "ready"}  # each row says its options
+        table = llm_magic.status_table()
+        assert "n_ctx=4096" in table and "closes when its request ends" in table and "n_ctx=512" in table
+    finally:
+        go_on.set()
+        t.join(30)
+    answer = result["a"]
+    assert answer.finish_reason in ("length", "stop") and not answer.partial  # it finished, on the old instance
+    assert old_model.closed and old.state == "unloaded"  # closed when its generation ended
+    assert [(m["state"], m["options"]) for m in cached_rows()] == [("ready", "n_ctx=512")]
+
+
+def test_switching_back_while_the_old_model_is_busy_reuses_it(tiny_model, llama_constructions):
+    started, go_on, result = threading.Event(), threading.Event(), {}
+
+    def long_ask():
+        s = llm_magic.stream("go", model=tiny_model, max_tokens=30, timeout=60)
+        result["a"] = s.consume(lambda _chunk: (started.set(), go_on.wait(30)))
+
+    t = threading.Thread(target=long_ask)
+    t.start()
+    try:
+        assert started.wait(30)
+        [old] = runtime.get().cache.entries()
+        llm_magic.current_settings().n_ctx = 512
+        llm_magic.ask("x", model=tiny_model, max_tokens=2)
+        [new] = [e for e in runtime.get().cache.entries() if e is not old]
+        new_model = new.model
+        llm_magic.current_settings().n_ctx = 4096
+        assert llm_magic.preload(tiny_model) == [old] and old.state == "ready"  # taken back: no load
+        assert new_model.closed and llama_constructions["n"] == 2
+    finally:
+        go_on.set()
+        t.join(30)
+    assert result["a"].finish_reason in ("length", "stop") and not result["a"].partial
+    assert not old.model.closed and runtime.get().cache.entries() == [old]
+
+
+def test_replacing_a_model_that_is_loading_abandons_its_load(tiny_model):
+    gate, waiting = threading.Event(), threading.Event()
+
+    def gated(spec, abort=None):
+        waiting.set()
+        gate.wait(30)
+        return load_engine(spec, abort)
+
+    cache = ModelCache(loader=gated)
+    try:
+        first = cache.load(resolve(tiny_model))
+        assert waiting.wait(10)
+        llm_magic.current_settings().n_ctx = 512
+        second = cache.load(resolve(tiny_model))
+        assert first.abort.is_set() and cache.entries() == [second]
+        gate.set()
+        error = first.future.exception(timeout=30)  # its waiters are told why, and do not reload it
+        assert isinstance(error, ModelLoadError) and "replaced by n_ctx=512 while it loaded" in str(error)
+        assert cache.get(second.spec, deadline=time.monotonic() + 30).state == "ready"
+    finally:
+        gate.set()
+        cache.close_all()
+
+
+def test_other_files_and_other_projectors_are_other_models(tiny_model, tiny_model_b):
+    llm_magic.ask("x", model=tiny_model, max_tokens=2)
+    llm_magic.ask("x", model=tiny_model_b, max_tokens=2)
+    llm_magic.current_settings().models = {"small": {"path": tiny_model, "n_ctx": 256}}
+    llm_magic.ask("x", model="small", max_tokens=2)  # the same file as tiny.gguf: replaces it
+    assert sorted((m["name"], m["options"]) for m in cached_rows()) == [("small", "n_ctx=256"), ("tiny-b.gguf", "")]
+    plain, vision = ModelSpec(path="/m.gguf"), ModelSpec(path="/m.gguf", mmproj="/p.gguf")
+    entries = [Entry(spec=plain), Entry(spec=vision)]
+    assert same_model(entries, ModelSpec(path="/m.gguf", n_ctx=8)) == [entries[0]]  # a vision pair: its own
+    assert same_model(entries, ModelSpec(path="/m.gguf", mmproj="/q.gguf")) == []  # another projector
+    assert same_model(entries, ModelSpec(path="/m.gguf", mmproj="/p.gguf", n_ctx=8)) == [entries[1]]
 
 
 # ---- files on disk ------------------------------------------------------------------------------

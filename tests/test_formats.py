@@ -10,7 +10,14 @@ from IPython.core.error import UsageError
 
 import llm_magic
 from llm_magic.answer import Answer
-from llm_magic.ipython.formats import FORMATS, FormatError, first_code_block, parse_json_answer
+from llm_magic.ipython.formats import (
+    FORMATS,
+    FormatError,
+    code_for_next_cell,
+    first_code_block,
+    is_python_code,
+    parse_json_answer,
+)
 
 from conftest import run, run_error
 
@@ -25,6 +32,34 @@ def test_first_code_block():
     assert first_code_block("  ```py title\na\n\nb\n  ```") == "a\n\nb"
     assert first_code_block("```\nnot closed\nstill code") == "not closed\nstill code"  # cut short: to the end
     assert first_code_block("no fence, `inline` only") is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        ("Sure:\n```python\nx = 1\n```", "x = 1"),
+        ("x = 1\nprint(x)", "x = 1\nprint(x)"),  # a bare code answer, without fences
+        ("\n    import os\n    os.getcwd()\n", "import os\nos.getcwd()"),  # indented as a whole
+        ("[1, 2, 3]", "[1, 2, 3]"),
+        ('re.sub("\\d", "", s)', 're.sub("\\d", "", s)'),  # an invalid escape is still code
+        ("```\n```\nx = 2", None),  # an empty block is no code block (and the rest is not Python)
+        ("Use a for loop over the list and add each item.", None),  # prose
+        ("Paris", None),  # parses as Python, but it is a word
+        ("yes and no", None),
+        ("apples, pears", None),
+        ("not sure", None),
+        ("", None),
+        ("  \n\t", None),
+    ],
+)
+def test_code_for_next_cell(answer, code):
+    assert code_for_next_cell(answer) == code
+    assert code_for_next_cell(Answer(answer)) == code
+
+
+def test_is_python_code():
+    assert is_python_code("def f():\n    return 1") and is_python_code("f(x)") and is_python_code("a[0]")
+    assert not is_python_code("Paris") and not is_python_code("x +") and not is_python_code("a\x00b")
 
 
 def test_parse_json_answer():
@@ -55,10 +90,48 @@ def test_format_code_puts_the_first_fenced_block_in_the_next_cell_and_never_runs
     assert isinstance(c, Answer) and c.finish_reason == "stop" and c.text.endswith("Done.")
 
 
-def test_format_code_without_a_fence_uses_the_whole_answer(ip):
+def grammar_file(tmp_path, text: str):
+    """A GBNF grammar whose only sentence is ``text``: the tiny model answers exactly that."""
+    path = tmp_path / "answer.gbnf"
+    path.write_text("root ::= " + json.dumps(text) + "\n")
+    return path
+
+
+def test_format_code_without_a_code_block_inserts_nothing_and_says_so(ip, tmp_path):
+    grammar = grammar_file(tmp_path, "Use a for loop over the list, and add up the items.")
     ip.rl_next_input = None
-    run(ip, "%%ask -f code -n 5 -o c\nwrite code")
-    assert ip.rl_next_input == ip.user_ns["c"].text.strip() != ""
+    _, out = run(ip, f"%%ask -f code --grammar {grammar} -n 300 -o c\nwrite code")
+    assert ip.rl_next_input is None  # no new cell with prose in it
+    assert out.endswith("[no code block in the answer]\n") and out.count("\n[") == 1  # one line, under the answer
+    c = ip.user_ns["c"]
+    assert c.text == "Use a for loop over the list, and add up the items." and c.value is None
+
+
+def test_format_code_takes_a_bare_code_answer(ip, tmp_path):
+    grammar = grammar_file(tmp_path, "total = 0\nfor x in items:\n    total += x")
+    ip.rl_next_input = None
+    _, out = run(ip, f"%%ask -f code --grammar {grammar} -n 300 -o c\nwrite code")
+    assert ip.rl_next_input == "total = 0\nfor x in items:\n    total += x" == ip.user_ns["c"].value
+    assert "no code block" not in out and "items" not in ip.user_ns  # never run
+
+
+def test_format_code_with_an_empty_answer_inserts_nothing(ip, tmp_path):
+    grammar = grammar_file(tmp_path, "\n\n")
+    ip.rl_next_input = None
+    _, out = run(ip, f"%%ask -f code --grammar {grammar} -n 300 -o c\nwrite code")
+    assert ip.rl_next_input is None and ip.user_ns["c"].text.strip() == ""
+    assert out.endswith("\n[empty answer]\n[no code block in the answer]\n")
+
+
+def test_format_code_note_in_a_notebook(ip, tmp_path, monkeypatch):
+    from IPython.utils.capture import capture_output
+
+    grammar = grammar_file(tmp_path, "No code needed: just ask.")
+    monkeypatch.setattr(ip, "kernel", object(), raising=False)
+    with capture_output() as captured:
+        ip.run_cell(f"%%ask -f code --grammar {grammar} -n 300\nwrite code")
+    final = captured.outputs[-1].data
+    assert final == {"text/plain": "No code needed: just ask.\n\n[no code block in the answer]"}
 
 
 def test_format_json_valid(ip):

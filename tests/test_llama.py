@@ -12,7 +12,7 @@ import pytest
 import llm_magic
 from llm_magic import runtime
 from llm_magic.engines import llama_private as private
-from llm_magic.engines.base import Engine
+from llm_magic.engines.base import Engine, StreamStats
 from llm_magic.engines.llama import LocalModel
 from llm_magic.errors import ModelLoadError, PromptTooLong
 from llm_magic.gguf_header import diagnose
@@ -136,8 +136,11 @@ def test_long_prompt_is_evaluated_batch_by_batch_and_can_stop_between_batches(ti
         assert idle
         reuse = model._reusable_prefix(prepared.tokens)
         assert reuse > 1000  # the earlier prompt is a shared prefix
-        assert model._evaluate_prompt(prepared.tokens, 0, should_stop) is False  # 0: a full evaluation
+        reported: list[tuple[int, int]] = []  # "reading the prompt N / M tokens", per batch
+        stats = StreamStats(n_prompt_evaluated=len(prepared.tokens), on_prompt=lambda d, t: reported.append((d, t)))
+        assert model._evaluate_prompt(prepared.tokens, 0, should_stop, stats) is False  # 0: a full evaluation
     assert seen == [0, 32, 64, 96]  # checked before every batch of n_batch tokens
+    assert reported == [(n, len(prepared.tokens)) for n in (0, 32, 64, 96)] and stats.n_prompt_done == 96  # stopped
     again = llm_magic.ask(prompt, model="big", timeout=60, max_tokens=5, temperature=0)
     assert again == full  # the model state stayed consistent
     assert again.n_prompt_evaluated < again.n_prompt_tokens  # and the evaluated batches were reused

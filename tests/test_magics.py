@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import logging
 import threading
 import time
 
@@ -30,7 +31,7 @@ def test_cell_magic_streams_and_stores_answer(ip):
     assert isinstance(ans, llm_magic.Answer)
     assert ans.finish_reason == "length" and ans.n_tokens == 20
     assert ans.text.strip() and ans.text.strip() in out  # streamed to stdout in a terminal shell
-    assert "… stopped at max_tokens (20 tokens)" in out
+    assert out.endswith("\n[stopped at max_tokens (20 tokens)]\n")
     assert llm_magic.last_answer() is ans
     assert result.result is None  # shown once, not echoed again as Out[]
     # the cell body (its final newline dropped) is the question, in the model's Q/A prompt
@@ -112,16 +113,29 @@ def test_second_ask_builds_no_second_llama(ip, llama_constructions):
 
 
 def test_timeout_marks_partial_answer(ip, caplog):
+    caplog.set_level(logging.INFO, logger="llm_magic")
     _, out = run(ip, "%%ask -t 1 -n 100000 --temperature 0 -o a\nTell me everything")
     a = ip.user_ns["a"]
     assert a.finish_reason == "timeout" and a.n_tokens > 0
-    assert out.endswith(f"\n[⏱ timed out after 1 s — partial answer, {a.n_tokens} tokens]\n")
-    # one log line says where the time went; it is not part of the answer
+    # under the answer: the marker, then where the time went (one line each, the same form)
+    assert a.time_report.startswith("waiting for the model load") and "generation" in a.time_report
+    assert out.endswith(f"\n[timed out after 1 s — partial answer, {a.n_tokens} tokens]\n[{a.time_report}]\n")
+    assert "WARNING" not in out and "waiting for" not in a.text
+    # the logger has it too, at INFO: a timeout is not an error (no warning for the pink box)
     [record] = [r for r in caplog.records if "timed out" in r.getMessage()]
-    assert "tiny.gguf timed out after 1 s: waiting for the model load" in record.getMessage()
-    assert "generation" in record.getMessage() and "waiting for" not in a.text
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == f"llm_magic: tiny.gguf timed out after 1 s: {a.time_report}"
     run(ip, "%%ask -n 5 -o b\nnext")
     assert ip.user_ns["b"].n_tokens == 5
+
+
+def test_timeout_in_a_notebook_shows_where_the_time_went_under_the_marker(ip, monkeypatch):
+    outputs = ask_in_notebook(ip, monkeypatch, "%%ask -t 1 -n 100000 -o a\nTell me everything")
+    a = ip.user_ns["a"]
+    final = outputs[-1].data
+    assert final["text/html"] == llm_magic.rendering.answer_html(a.text, a.marker(), note=a.time_report)
+    assert final["text/html"].endswith(f'<p class="llm-magic-note" style="opacity:0.7">[{a.time_report}]</p>')
+    assert final["text/plain"].endswith(f"\n\n[{a.marker()}]\n[{a.time_report}]")
 
 
 def interrupt_after(n_tokens: int, timeout: float = 60.0) -> threading.Thread:
@@ -148,7 +162,7 @@ def test_kernel_interrupt_keeps_partial_answer(ip):
     assert time.monotonic() - t0 < 30  # not the 60 s timeout: the interrupt stopped it
     a = ip.user_ns["a"]
     assert a.finish_reason == "cancelled" and a.n_tokens >= 5 and len(a) > 0
-    assert f"⏹ cancelled — partial answer, {a.n_tokens} tokens" in out
+    assert out.endswith(f"\n[cancelled — partial answer, {a.n_tokens} tokens]\n")
     assert a.text in out  # the partial text stays in the cell
     run(ip, "%%ask -n 4 -o b\nstill there?")
     assert ip.user_ns["b"].n_tokens == 4
@@ -183,17 +197,48 @@ def ask_in_notebook(ip, monkeypatch, cell):
     return captured.outputs
 
 
-def test_markdown_answer_ends_as_text_and_html(ip, monkeypatch):
+def test_markdown_answer_streams_and_ends_as_text_and_html(ip, monkeypatch):
     outputs = ask_in_notebook(ip, monkeypatch, "%%ask -n 12 --temperature 0 -o a\nhi")
     a = ip.user_ns["a"]
     final = outputs[-1].data
     assert set(final) == {"text/plain", "text/html"}  # no text/markdown: the HTML is ours, sanitized
-    assert final["text/plain"] == f"{a.text}\n\n[… stopped at max_tokens (12 tokens)]"
+    assert final["text/plain"] == f"{a.text}\n\n[stopped at max_tokens (12 tokens)]"
     assert final["text/html"] == llm_magic.rendering.answer_html(a.text, a.marker())
-    assert all("text/html" not in o.data for o in outputs[:-1])  # interim updates: plain text with a cursor
-    interim = [o.data["text/plain"] for o in outputs[:-1]]
-    # the first display and status lines before the first token; then text + cursor
-    assert all(t.endswith("▌") or (t.startswith("[") and t.endswith("]")) for t in interim), interim
+    # every update before it: the same renderer (HTML) with the cursor, or a status; never empty
+    assert outputs[0].data == {"text/plain": "▌", "text/html": "<p>▌</p>\n"}
+    for o in outputs[:-1]:
+        plain, html = o.data["text/plain"], o.data["text/html"]
+        if plain.endswith("▌"):
+            assert html == llm_magic.rendering.interim_html(plain[:-1])
+        else:
+            assert plain.startswith("[") and html == llm_magic.rendering.status_html(plain[1:-1])
+
+
+def test_a_whitespace_answer_says_empty_answer(ip, monkeypatch, tmp_path):
+    grammar = tmp_path / "blank.gbnf"
+    grammar.write_text('root ::= "\\n \\n"\n')
+    _, out = run(ip, f"%%ask --grammar {grammar} -n 50 -o a\nsay nothing")
+    assert ip.user_ns["a"].text == "\n \n" and out.endswith("\n[empty answer]\n")
+    outputs = ask_in_notebook(ip, monkeypatch, f"%%ask --grammar {grammar} -n 50\nsay nothing")
+    final = outputs[-1].data
+    assert final["text/plain"] == "[empty answer]" and ">[empty answer]</p>" in final["text/html"]
+
+
+def test_a_long_prompt_shows_reading_the_prompt_before_the_answer(ip, monkeypatch, tiny_model):
+    run(ip, f"%config AskMagics.models = {{'batched': {{'path': {tiny_model!r}, 'n_batch': 32}}}}")
+    run(ip, "%ask -m batched -n 1 loaded")  # no load status: the first batch is the first status
+    outputs = ask_in_notebook(ip, monkeypatch, "%%ask -m batched -n 5 -o a\n" + "the capital of France " * 60)
+    a = ip.user_ns["a"]
+    total = a.n_prompt_evaluated
+    assert total > 200
+    shown = [o.data["text/plain"] for o in outputs]
+    first_text = next(i for i, t in enumerate(shown) if t.endswith("▌") and t != "▌")
+    progress = [t for t in shown[:first_text] if t.startswith("[reading the prompt ")]
+    # the first batch at once; the others as the throttle lets them through (this model is fast)
+    assert progress[0] == f"[reading the prompt 0 / {total:,} tokens]", shown
+    done = [int(t.split()[3].replace(",", "")) for t in progress]
+    assert done == sorted(done) and all(t.endswith(f" / {total:,} tokens]") for t in progress)
+    assert not any("reading the prompt" in t for t in shown[first_text:])
 
 
 def test_text_format_has_no_html(ip, monkeypatch):
@@ -351,8 +396,9 @@ def test_corrupt_model_is_a_usage_error(ip, corrupt_files, kind, reason):
 
 def test_prompt_too_long_is_a_usage_error(ip, tiny_model):
     run(ip, f"%config AskMagics.models = {{'small': {{'path': {tiny_model!r}, 'n_ctx': 64}}}}")
-    error, _ = run_error(ip, "%%ask -m small\n" + "word " * 300)
+    error, out = run_error(ip, "%%ask -m small\n" + "word " * 300)
     assert isinstance(error, UsageError) and "context window" in str(error) and "is 64 (n_ctx)" in str(error)
+    assert out.startswith("[no answer]\nUsageError: the prompt is") and "empty answer" not in out
 
 
 # ---- conversations: -c NAME and --chat ---------------------------------------------------------------
@@ -525,3 +571,13 @@ def test_seed_makes_answers_repeatable(ip):
 def test_bad_sampling_flags(ip, flags, message):
     error, out = run_error(ip, f"%%ask {flags}\nhi")
     assert isinstance(error, UsageError) and message in str(error) and "Traceback" not in out
+
+
+def test_the_line_under_a_failed_ask():
+    from llm_magic.errors import ConfigError
+    from llm_magic.ipython.magics import _failure_marker
+
+    assert _failure_marker(RuntimeError("boom"), "partial") == "error — RuntimeError: boom"
+    assert _failure_marker(KeyboardInterrupt(), "") == "error — KeyboardInterrupt"
+    assert _failure_marker(ConfigError("bad"), "") == "no answer"  # the error itself follows in the cell
+    assert _failure_marker(ConfigError("bad"), "some text") is None

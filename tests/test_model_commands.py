@@ -1,4 +1,5 @@
-"""llm_magic.ipython.model_commands: %llm status, load, unload, alias, aliases."""
+"""llm_magic.ipython.model_commands: %llm status (other load options replace a model; the default
+model listed when not loaded), load, unload, alias, aliases."""
 
 from __future__ import annotations
 
@@ -27,7 +28,35 @@ def test_status_load_unload(ip, tiny_model_b):
     assert [m["name"] for m in llm_magic.models()] == ["tiny.gguf"]
     _, out = run(ip, "%llm unload --all")
     assert out.strip() == "unloaded 1 model"
+    [default] = llm_magic.models()  # the default model is still configured: listed, not loaded
+    assert (default["name"], default["state"], default["note"]) == ("tiny.gguf", "unloaded", "the default model")
+    _, out = run(ip, "%llm status")
+    assert "no models loaded" not in out
+    assert [line.split()[:3] for line in out.strip().splitlines()[2:]] == [["tiny.gguf", "-", "unloaded"]]
+    assert "the default model" in out
+
+
+def test_status_with_nothing_configured(shell, monkeypatch):
+    monkeypatch.setattr("llm_magic.default_model.is_installed", lambda: False)
+    shell.run_line_magic("load_ext", "llm_magic")
     assert llm_magic.models() == []
+    _, out = run(shell, "%llm status")
+    assert out.strip() == "no models loaded or configured (see %llm help)"
+
+
+def test_config_n_ctx_replaces_the_loaded_model(ip):
+    cache = runtime.get().cache
+    run(ip, "%%ask -n 2\nhi")
+    [old] = cache.entries()
+    old_model = old.model
+    run(ip, "%config AskMagics.n_ctx = 8192")
+    run(ip, "%%ask -n 2 -o a\nhi")
+    assert ip.user_ns["a"].n_tokens == 2 and cache.constructions == 2
+    assert old_model.closed and [e.spec.n_ctx for e in cache.entries()] == [8192]
+    _, out = run(ip, "%llm status")
+    header, _, *lines = out.strip().splitlines()
+    assert header.split()[:3] == ["model", "options", "state"]
+    assert [line.split()[:3] for line in lines] == [["tiny.gguf", "n_ctx=8192", "ready"]]  # one row, one copy
 
 
 def test_load_without_wait_returns_at_once(ip, tiny_model_b):

@@ -18,6 +18,7 @@ from llm_magic.panel_models import (
     request_status_html,
     state_of,
     status_html,
+    wait_parts,
 )
 from llm_magic.request import Progress
 
@@ -91,11 +92,18 @@ def test_request_status_lines():
     stream.progress = lambda: progress(phase="queue", elapsed_s=3.2)
     assert "waiting for the model (busy with another request, 3 s)" in text(request_status_html(stream))
     stream.progress = lambda: progress(phase="prompt")
-    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt…"
+    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt…"  # not counted yet
+    # a long prompt, evaluated batch by batch: the cell's words
+    stream.progress = lambda: progress(phase="prompt", prompt_tokens=4461, prompt_done=1024)
+    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt 1,024 / 4,461 tokens"
+    stream.progress = lambda: progress(phase="prompt", prompt_tokens=12)
+    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt 0 / 12 tokens"
+    # the time to the first token is for the final line (which tells it apart from any wait)
     stream.progress = lambda: progress(n_tokens=40, tokens_per_s=123.4, ttft_s=0.05)
-    assert (
-        text(request_status_html(stream)) == "◌ tiny.gguf: generating · 40 tokens · 123 tokens/s · first token 0.05 s"
-    )
+    assert text(request_status_html(stream)) == "◌ tiny.gguf: generating · 40 tokens · 123 tokens/s"
+    # a Progress the caller has already is used as it is
+    p = progress(n_tokens=41, tokens_per_s=123.4, ttft_s=3.3)
+    assert text(request_status_html(None, p=p)) == "◌ tiny.gguf: generating · 41 tokens · 123 tokens/s"
     stream.progress = lambda: progress(n_tokens=40, stopping=True)
     assert text(request_status_html(stream)) == "◌ tiny.gguf: stopping…"
     # a stream-like object without progress(), or one whose progress() fails
@@ -111,6 +119,7 @@ def test_answer_status_and_failed_answer():
     assert (
         text(answer_status_html(done)) == "● tiny.gguf · 2 tokens · 50 tokens/s · first token 0.10 s · finish: length"
     )
+    assert "waited" not in text(answer_status_html(done, queued=True))  # no prompt_s: no decomposition
     failed = failed_answer(None, done, ConfigError("<b>bad</b>"), "ignored")
     assert failed.text == "hi" and failed.finish_reason == "error" and failed.error == "<b>bad</b>"
     assert failed.n_tokens == 2 and done.finish_reason == "length"  # the original is untouched
@@ -121,8 +130,29 @@ def test_answer_status_and_failed_answer():
     assert failed_answer(None, None, None, "").error == "the generation ended without an answer"
 
 
+def test_answer_status_shows_the_waits_apart_from_the_first_token():
+    # ttft_s (from the start of the request) = load wait + busy-model wait + prompt_s (+ a hair)
+    meta = {"model": "m", "n_tokens": 9, "finish_reason": "stop", "prompt_s": 0.04}
+    queued = Answer("hi", load_wait_s=0.001, ttft_s=3.25, **meta)
+    assert text(answer_status_html(queued, queued=True)) == (
+        "● m · 9 tokens · waited 3.2 s for the model · first token 0.04 s · finish: stop"
+    )
+    assert wait_parts(queued) == ["first token 3.25 s"]  # not seen waiting: nothing to take apart
+    loaded = Answer("hi", load_wait_s=2.1, ttft_s=2.16, **meta)
+    assert wait_parts(loaded) == ["waited 2.1 s for the load", "first token 0.06 s"]
+    both = Answer("hi", load_wait_s=2.0, ttft_s=5.05, **meta)
+    assert wait_parts(both, queued=True) == [
+        "waited 2.0 s for the load",
+        "waited 3.0 s for the model",
+        "first token 0.04 s",
+    ]
+    # a timeout while waiting: no first token, the load wait still shows
+    assert wait_parts(Answer("", load_wait_s=1.0, finish_reason="timeout"), queued=True) == [
+        "waited 1.0 s for the load"
+    ]
+
+
 def test_status_html_escapes():
-    assert (
-        status_html("✖", "<script>x</script>", "red")
-        == '<span style="color:red">✖ &lt;script&gt;x&lt;/script&gt;</span>'
+    assert status_html("✖", "<script>x</script>", "red") == (
+        '<span style="color:red;overflow-wrap:anywhere">✖ &lt;script&gt;x&lt;/script&gt;</span>'
     )

@@ -1,10 +1,28 @@
-"""llm_magic.rendering: the one sanitizer for model output (render_markdown, answer_html) and Throttle."""
+"""llm_magic.rendering: the one sanitizer for model output (render_markdown, interim_html,
+answer_html), the one form of the lines about an answer (marker, notes, "empty answer", status,
+in HTML and plain text alike) and Throttle."""
 
 from __future__ import annotations
 
 from itertools import pairwise
 
-from llm_magic.rendering import MAX_UPDATES_PER_S, Throttle, answer_html, marker_html, render_markdown
+import pytest
+
+from llm_magic.rendering import (
+    CURSOR,
+    MAX_UPDATES_PER_S,
+    Throttle,
+    about_lines,
+    answer_html,
+    answer_text,
+    interim_html,
+    marker_html,
+    note_html,
+    render_markdown,
+    status_html,
+)
+
+SUBDUED = 'style="opacity:0.7"'
 
 
 def test_markdown_escapes_html_and_javascript_links_but_keeps_code():
@@ -44,12 +62,78 @@ def test_markdown_still_renders():
         assert tag in out
 
 
+def test_single_line_breaks_are_kept_as_the_stream_showed_them():
+    out = render_markdown("By: Mark L. Brown\nThis cat sat.\n\nNew paragraph.\n```\na\nb\n```")
+    assert out.startswith("<p>By: Mark L. Brown<br />\nThis cat sat.</p>\n<p>New paragraph.</p>")
+    assert "<pre><code>a\nb\n</code></pre>" in out  # code keeps its lines, with no <br> added
+
+
+def test_interim_html_is_the_final_renderer_with_the_cursor():
+    assert interim_html("") == "<p>▌</p>\n"  # never an empty frame: the cursor shows
+    assert interim_html("**bold** and\nmore") == render_markdown("**bold** and\nmore" + CURSOR)
+    assert interim_html("<script>x</script>") == "<p>&lt;script&gt;x&lt;/script&gt;▌</p>\n"
+    # what was there keeps its shape as the answer grows (no jump at the end)
+    assert interim_html("# Title\n\ntext").startswith(answer_html("# Title\n\ntext").split("<p>")[0])
+
+
 def test_answer_html_adds_an_escaped_marker():
-    assert answer_html("") == "" and answer_html("", "m") == marker_html("m")
     assert answer_html("*x*") == render_markdown("*x*")
-    assert answer_html("*x*", "⏹ cancelled — <b>partial</b>") == (
-        render_markdown("*x*") + '<hr><p class="llm-magic-marker"><em>⏹ cancelled — &lt;b&gt;partial&lt;/b&gt;</em></p>'
+    assert marker_html("m") == f'<hr><p class="llm-magic-marker" {SUBDUED}>[m]</p>'
+    assert answer_html("*x*", "cancelled — <b>partial</b>") == (
+        render_markdown("*x*")
+        + f'<hr><p class="llm-magic-marker" {SUBDUED}>[cancelled — &lt;b&gt;partial&lt;/b&gt;]</p>'
     )
+
+
+def test_a_note_goes_under_the_marker_subdued_and_escaped():
+    note = "waiting for the model load 0.00 s; generation 1.00 s (39 tokens)"
+    html = answer_html("text", "timed out after 1 s — partial answer, 39 tokens", note=note)
+    assert html == (
+        render_markdown("text")
+        + marker_html("timed out after 1 s — partial answer, 39 tokens")
+        + f'<p class="llm-magic-note" {SUBDUED}>[{note}]</p>'
+    )
+    assert note_html("<i>x</i>") == f'<p class="llm-magic-note" {SUBDUED}>[&lt;i&gt;x&lt;/i&gt;]</p>'
+    assert answer_html("text", None, note="n") == render_markdown("text") + "<hr>" + note_html("n")
+    assert answer_html("t", "m", note=["a", "", "b"]) == render_markdown("t") + marker_html("m") + note_html(
+        "a"
+    ) + note_html("b")
+    assert answer_html("t", "m", note=None) == answer_html("t", "m", note=[]) == render_markdown("t") + marker_html("m")
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n", " \t\n"])
+def test_an_answer_with_nothing_to_see_says_empty_answer(text):
+    empty = f'<p class="llm-magic-empty" {SUBDUED}>[empty answer]</p>'
+    assert answer_html(text) == empty
+    assert answer_text(text) == "[empty answer]"
+    assert answer_html(text, "stopped at max_tokens (2 tokens)") == (
+        (empty if text else "") + marker_html("stopped at max_tokens (2 tokens)")
+    )
+
+
+def test_a_marker_that_says_why_nothing_came_needs_no_empty_answer_line():
+    marker = "timed out after 1 s — no token came: the model was still loading after 1.0 s"
+    assert answer_html("", marker) == marker_html(marker)
+    assert about_lines("", marker) == [f"[{marker}]"]
+    assert about_lines("\n", marker) == ["[empty answer]", f"[{marker}]"]  # whitespace came: say so
+
+
+def test_the_plain_text_form_has_the_same_words_in_the_same_form():
+    marker, note = "stopped at max_tokens (128 tokens)", "where it went"
+    assert answer_text("Hello") == "Hello"
+    assert answer_text("Hello", marker) == f"Hello\n\n[{marker}]"
+    assert answer_text("Hello", marker, note) == f"Hello\n\n[{marker}]\n[{note}]"
+    assert about_lines("Hello", marker, [note]) == [f"[{marker}]", f"[{note}]"]
+    html = answer_html("Hello", marker, note)
+    for line in about_lines("Hello", marker, note):  # every line of the text form is in the HTML, as is
+        assert f">{line}</p>" in html
+
+
+def test_status_html_is_subdued_and_escaped():
+    assert status_html("reading the prompt 1,024 / 4,461 tokens") == (
+        f'<p class="llm-magic-status" {SUBDUED}>[reading the prompt 1,024 / 4,461 tokens]</p>'
+    )
+    assert "<b>" not in status_html("<b>model</b> loading")
 
 
 def test_throttle_lets_at_most_max_per_s_through():

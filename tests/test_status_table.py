@@ -11,7 +11,7 @@ from llm_magic.ipython.status_table import fmt_size, status_table
 
 from conftest import run
 
-HEADER = ("model", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
+HEADER = ("model", "options", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
 
 
 def row(**kw):
@@ -72,6 +72,7 @@ def test_columns_line_up_and_cells_are_formatted():
     header, rule, first, second = table.splitlines()
     assert header.split() == [
         "model",
+        "options",
         "state",
         "size",
         "load",
@@ -85,10 +86,11 @@ def test_columns_line_up_and_cells_are_formatted():
         "note",
     ]
     assert set(rule.replace("  ", "")) == {"-"}
-    assert cells(first, header) == ["m.gguf", "ready", "1.5 KB", "0.25", "3", "-", "on", ""]
+    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "on", ""]
     second_cells = cells(second, header)
-    assert second_cells[:7] == [
+    assert second_cells[:8] == [
         "a-much-longer-name.gguf",
+        "-",
         "failed",
         "-",
         "-",
@@ -96,7 +98,7 @@ def test_columns_line_up_and_cells_are_formatted():
         datetime.fromtimestamp(used).strftime("%H:%M:%S"),
         "-",
     ]
-    assert second_cells[7] == ("cannot load: " + "x" * 300)[:200]  # long errors are cut
+    assert second_cells[8] == ("cannot load: " + "x" * 300)[:200]  # long errors are cut
     assert all(line == line.rstrip() for line in table.splitlines())
 
 
@@ -111,13 +113,26 @@ def test_states_and_notes():
     table = status_table(rows)
     header, _, *lines = table.splitlines()
     by_name = {cells(line, header)[0]: cells(line, header) for line in lines}
-    assert by_name["loading.gguf"][1] == "loading (2.3 s)"
+    assert by_name["loading.gguf"][2] == "loading (2.3 s)"
     assert (
-        by_name["evicted.gguf"][1] == "unloaded (evicted)" and by_name["evicted.gguf"][7] == "evicted (LRU) at 12:01:02"
+        by_name["evicted.gguf"][2] == "unloaded (evicted)" and by_name["evicted.gguf"][8] == "evicted (LRU) at 12:01:02"
     )
-    assert by_name["remote"][7] == "http://127.0.0.1:8080/v1, 12 ms"
-    assert by_name["vision"][7] == "mmproj mmproj-f16.gguf, handler llava15"
-    assert by_name["noted"][7] == "reloaded: the file changed"
+    assert by_name["remote"][8] == "http://127.0.0.1:8080/v1, 12 ms"
+    assert by_name["vision"][8] == "mmproj mmproj-f16.gguf, handler llava15"
+    assert by_name["noted"][8] == "reloaded: the file changed"
+
+
+def test_options_tell_two_entries_of_one_file_apart():
+    table = status_table(
+        [
+            row(options="n_ctx=8192"),
+            row(options="n_ctx=4096 n_batch=64", state="closing", note="replaced by n_ctx=8192: closes when ..."),
+        ]
+    )
+    header, _, new, old = table.splitlines()
+    assert cells(new, header)[:3] == ["m.gguf", "n_ctx=8192", "ready"]
+    assert cells(old, header)[:3] == ["m.gguf", "n_ctx=4096 n_batch=64", "closing"]
+    assert cells(old, header)[8].startswith("replaced by n_ctx=8192")
 
 
 def test_status_of_real_models(ip, tiny_model):
@@ -127,10 +142,11 @@ def test_status_of_real_models(ip, tiny_model):
     header, _, *lines = table.splitlines()
     rows = {cells(line, header)[0]: cells(line, header) for line in lines}
     assert (
-        rows["tiny.gguf"][1] == "ready"
-        and rows["tiny.gguf"][4] == "1"
-        and rows["tiny.gguf"][2] == fmt_size(os.path.getsize(tiny_model))
+        rows["tiny.gguf"][2] == "ready"
+        and rows["tiny.gguf"][5] == "1"
+        and rows["tiny.gguf"][3] == fmt_size(os.path.getsize(tiny_model))
+        and rows["tiny.gguf"][1] == "-"  # the default options
     )
-    assert rows["later"][1:5] == ["unloaded", "-", "-", "0"]  # configured, not loaded yet
+    assert rows["later"][1:6] == ["n_ctx=128", "unloaded", "-", "-", "0"]  # configured, not loaded yet
     _, out = run(ip, "%llm status")
     assert out.strip() == table

@@ -39,12 +39,20 @@ class StreamStats:
 
     n_prompt_tokens: int = 0
     n_prompt_evaluated: int = 0  # prompt tokens not reused from the KV cache
+    n_prompt_done: int = 0  # of those, evaluated so far (live, per batch: "reading the prompt")
     n_tokens: int = 0
     finish_reason: str | None = None  # "stop" or "length" from the engine; None when stopped by us
     first_sample_at: float | None = None  # monotonic time the first token was sampled
     context_tokens: list[int] | None = None  # prompt + generated tokens in the KV cache afterwards
     context_text: str | None = None
     cancel: Callable[[], None] | None = None  # set by an engine that can abort at once from another thread
+    on_prompt: Callable[[int, int], None] | None = None  # set by the request: (done, total) per prompt batch
+
+    def prompt_progress(self, done: int) -> None:
+        """An engine evaluating a long prompt reports each batch (not called for short prompts)."""
+        self.n_prompt_done = done
+        if self.on_prompt is not None:
+            self.on_prompt(done, self.n_prompt_evaluated)
 
 
 @runtime_checkable

@@ -262,7 +262,7 @@ class LocalModel:
         stats.n_prompt_evaluated = len(tokens) - reuse
         stops = stop_list(prepared.stop, extra_stop)
 
-        if not self._evaluate_prompt(tokens, reuse, should_stop):
+        if not self._evaluate_prompt(tokens, reuse, should_stop, stats):
             return  # stopped during a long prompt
 
         seen_len, accepted, stopped = -1, 0, False
@@ -350,7 +350,9 @@ class LocalModel:
         stats.context_tokens = list(tokens) + generated
         stats.context_text = text + llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", errors="ignore")
 
-    def _evaluate_prompt(self, tokens: list[int], reuse: int, should_stop: Callable[[], bool]) -> bool:
+    def _evaluate_prompt(
+        self, tokens: list[int], reuse: int, should_stop: Callable[[], bool], stats: StreamStats
+    ) -> bool:
         """Evaluate a long prompt batch by batch so a deadline or Stop can act between batches.
 
         llama-cpp-python evaluates the whole prompt in one uninterruptible call. We evaluate all
@@ -363,10 +365,13 @@ class LocalModel:
         if target - reuse <= n_batch or private.recurrent_or_hybrid(llm):
             return True
         private.set_n_tokens(llm, min(private.n_tokens(llm), reuse))
-        for start in range(private.n_tokens(llm), target, n_batch):
+        first = private.n_tokens(llm)
+        for start in range(first, target, n_batch):
+            stats.prompt_progress(start - first)
             if should_stop():
                 return False
             llm.eval(tokens[start : min(start + n_batch, target)])
+        stats.prompt_progress(len(tokens) - first)  # the last token goes with the first sample, at once
         return not should_stop()
 
     def _reusable_prefix(self, tokens: list[int]) -> int:

@@ -1,13 +1,25 @@
 """A streaming answer in a cell's output: one display, updated in place and throttled, rendered
-at the end with the package's one sanitizer; without a notebook front end, plain text on stdout."""
+while it streams by the same sanitizer as at the end (no jump between the two views); without a
+notebook front end, plain text on stdout."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-from ..rendering import CURSOR, MAX_UPDATES_PER_S, Throttle, answer_html
+from ..rendering import (
+    CURSOR,
+    MAX_UPDATES_PER_S,
+    Throttle,
+    about_lines,
+    answer_html,
+    answer_text,
+    interim_html,
+    meta_line,
+    status_html,
+)
 
 
 def in_notebook(shell: Any = None) -> bool:
@@ -20,7 +32,11 @@ def in_notebook(shell: Any = None) -> bool:
 
 
 class StreamDisplay:
-    """Shows a growing answer. ``mode``: "notebook" (a display handle) or "text" (stdout)."""
+    """Shows a growing answer. ``mode``: "notebook" (a display handle) or "text" (stdout).
+
+    In a notebook every message is a whole bundle (never empty): with ``markdown`` the answer is
+    HTML from ``rendering`` from the first display to the last (the cursor, a status, the growing
+    answer, the final answer) with a ``text/plain`` fallback; without it, plain text throughout."""
 
     def __init__(
         self,
@@ -40,32 +56,52 @@ class StreamDisplay:
     def _stdout(self) -> TextIO:
         return self.out or sys.stdout
 
+    def _interim(self) -> dict[str, str]:
+        bundle = {"text/plain": self.text + CURSOR}
+        if self.markdown:
+            bundle["text/html"] = interim_html(self.text)
+        return bundle
+
+    def _status(self, message: str) -> dict[str, str]:
+        bundle = {"text/plain": meta_line(message)}
+        if self.markdown:
+            bundle["text/html"] = status_html(message)
+        return bundle
+
     def start(self, status: str | None = None) -> None:
         if self.mode == "notebook":
             from IPython.display import display
 
-            self._handle = display({"text/plain": status or CURSOR}, raw=True, display_id=True)
+            bundle = self._status(status) if status else self._interim()
+            self._handle = display(bundle, raw=True, display_id=True)
         elif status:
-            self._stdout().write(f"[{status}]\n")
+            self._stdout().write(f"{meta_line(status)}\n")
             self._stdout().flush()
 
     def status(self, message: str) -> None:
-        """Shown before the first token (e.g. 'waiting for the model to load')."""
+        """Shown before the first token ('waiting for the model to load', 'reading the prompt
+        1,024 / 4,461 tokens'), throttled like the answer itself."""
         if self.mode == "notebook" and self._handle is not None and not self.text:
-            self._handle.update({"text/plain": f"[{message}]"}, raw=True)
-            self.n_updates += 1
+            now = time.monotonic()
+            if self.throttle.ready(now):
+                self._send(self._status(message))
+                self.throttle.sent(now=now)
 
     def add(self, chunk: str) -> None:
+        first = not self.text
         self.text += chunk
         if self.mode == "text":
             out = self._stdout()
             out.write(chunk)
             out.flush()
             return
+        if first:
+            self.throttle.reset()  # the first token goes out at once, even right after a status
         now = time.monotonic()
         if self.throttle.ready(now):
-            self._send({"text/plain": self.text + CURSOR})
-            self.throttle.sent(now=now)
+            t0 = time.perf_counter()
+            self._send(self._interim())
+            self.throttle.sent(render_s=time.perf_counter() - t0, now=now)  # a long answer: fewer updates
 
     def _send(self, bundle: dict[str, str]) -> None:
         if self._handle is None:
@@ -73,19 +109,22 @@ class StreamDisplay:
         self._handle.update(bundle, raw=True)
         self.n_updates += 1
 
-    def finish(self, marker: str | None = None, final_text: str | None = None) -> None:
-        """Show the complete text, rendered in a notebook, with the partial-answer marker if any."""
+    def finish(
+        self, marker: str | None = None, final_text: str | None = None, note: str | Iterable[str] | None = None
+    ) -> None:
+        """Show the complete text (rendered in a notebook; "empty answer" if there is nothing to
+        see), then the partial-answer marker and the notes if any, each on a line of its own."""
         text = self.text if final_text is None else final_text
-        if self.mode == "text":
-            out = self._stdout()
-            if final_text is not None and final_text != self.text:
-                out.write(final_text[len(self.text) :] if final_text.startswith(self.text) else "\n" + final_text)
-            out.write("\n")
-            if marker:
-                out.write(f"[{marker}]\n")
-            out.flush()
+        if self.mode == "notebook":
+            bundle = {"text/plain": answer_text(text, marker, note)}
+            if self.markdown:
+                bundle["text/html"] = answer_html(text, marker, note)
+            self._send(bundle)
             return
-        bundle = {"text/plain": text + (f"\n\n[{marker}]" if marker else "")}
-        if self.markdown:
-            bundle["text/html"] = answer_html(text, marker)
-        self._send(bundle)
+        out = self._stdout()
+        if final_text is not None and final_text != self.text:
+            out.write(final_text[len(self.text) :] if final_text.startswith(self.text) else "\n" + final_text)
+        if text:
+            out.write("\n")
+        out.writelines(f"{line}\n" for line in about_lines(text, marker, note))
+        out.flush()

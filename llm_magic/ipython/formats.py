@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import textwrap
+import warnings
 from typing import Any
 
 from ..answer import Answer
 from ..errors import LLMMagicError
 
 FORMATS = ("markdown", "text", "code", "json")
+NO_CODE_BLOCK = "no code block in the answer"
+
+# an answer made only of these parses as Python but is prose ("Paris", "yes and no", "apples, pears")
+_PROSE_NODES = (
+    ast.Module,
+    ast.Expr,
+    ast.Name,
+    ast.Constant,
+    ast.Tuple,
+    ast.Attribute,
+    ast.BoolOp,
+    ast.UnaryOp,
+    ast.BinOp,
+    ast.Compare,
+    ast.expr_context,
+    ast.boolop,
+    ast.unaryop,
+    ast.operator,
+    ast.cmpop,
+)
 
 _FENCE = re.compile(r"^[ \t]*(```|~~~)[ \t]*([\w+.#-]*)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)
 
@@ -24,6 +47,29 @@ def first_code_block(text: str) -> str | None:
     """The body of the first fenced code block (``` or ~~~), or None if there is none."""
     match = _FENCE.search(text)
     return match.group(3).rstrip("\n") if match else None
+
+
+def is_python_code(text: str) -> bool:
+    """Does ``text`` parse as Python, and is it more than words that happen to parse (a name, a
+    constant, ``a and b``)? A statement, a call, a subscript, a literal container: code."""
+    try:
+        with warnings.catch_warnings():  # "\d" in a string: SyntaxWarning, not our business
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return not all(isinstance(node, _PROSE_NODES) for node in ast.walk(tree))
+
+
+def code_for_next_cell(answer: str) -> str | None:
+    """``-f code``: the first fenced block with some code in it, else the whole answer if it is a
+    bare code answer (Python without fences); None when there is no code to insert."""
+    text = str.__str__(answer)
+    block = first_code_block(text)
+    if block is not None and block.strip():
+        return block
+    bare = textwrap.dedent(text).strip()
+    return bare if is_python_code(bare) else None
 
 
 def parse_json_answer(answer: str) -> Any:

@@ -27,13 +27,36 @@ from . import model_commands, session_commands
 from .cell_errors import CellErrors
 from .cell_output import StreamDisplay
 from .command_table import dispatch
-from .formats import FORMATS, first_code_block, parse_json_answer
+from .formats import FORMATS, NO_CODE_BLOCK, code_for_next_cell, parse_json_answer
 from .interpolate import interpolate as interpolate_prompt
 from .parsing import json_grammar, parse_ask_line, read_grammar
 
 log = logging.getLogger("llm_magic")
 
+# %%ask flags handed to the request as they are (the others are read here first)
+ASK_OPTIONS = (
+    "model",
+    "timeout",
+    "max_tokens",
+    "raw",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repeat_penalty",
+    "seed",
+    "stop",
+    "format",
+)
 COMMAND_MODULES = (model_commands, session_commands)  # importing them fills the %llm table
+
+
+def _failure_marker(error: BaseException, text: str) -> str | None:
+    """The line under what was shown when an ask fails (its error follows in the cell): a failure
+    of ours with nothing shown says there is no answer (not "empty answer")."""
+    if isinstance(error, LLMMagicError):
+        return None if text else "no answer"
+    return f"error — {type(error).__name__}: {error}".removesuffix(": ")
 
 
 @magics_class
@@ -66,8 +89,8 @@ class AskMagics(Magics, Settings):
         "--format",
         choices=FORMATS,
         default="markdown",
-        help="markdown (default), text, code (first fenced block becomes the next cell, never run), "
-        "json (parsed; -o stores the object).",
+        help="markdown (default), text, code (the first fenced block, or a bare Python answer, becomes the next "
+        "cell, never run; none: a note says so), json (parsed; -o stores the object).",
     )
     @argument("-o", "--output", metavar="VAR", help="Store the Answer (with -f json: the parsed object) in VAR.")
     @argument("-c", "--conversation", metavar="NAME", help="Continue conversation NAME (kept per model).")
@@ -137,28 +160,12 @@ class AskMagics(Magics, Settings):
             for image in images:
                 if image.note:
                     log.warning("llm_magic: %s", image.note)
-        answer = self.run_ask(
-            prompt,
-            model=args.model,
-            timeout=args.timeout,
-            max_tokens=args.max_tokens,
-            raw=args.raw,
-            system=args.system,
-            conversation=conversation,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            repeat_penalty=args.repeat_penalty,
-            seed=args.seed,
-            stop=args.stop,
-            grammar=grammar,
-            format=args.format,
-            images=images,
-        )
+        passed = {name: getattr(args, name) for name in ASK_OPTIONS}
+        answer = self.run_ask(prompt, conversation=conversation, grammar=grammar, images=images, **passed)
         result: Any = answer
         if args.format == "code":
-            code = first_code_block(answer)
-            self.ip.set_next_input(code if code is not None else answer.text.strip(), replace=False)
+            if answer.value is not None:  # run_ask found the code (or said there is none)
+                self.ip.set_next_input(answer.value, replace=False)
         elif args.format == "json":
             try:
                 result = parse_json_answer(answer)
@@ -177,17 +184,22 @@ class AskMagics(Magics, Settings):
             raise UsageError(str(e)) from None
         view = StreamDisplay(markdown=format == "markdown")
         stream.on_status = view.status
-        stream.defer_log = True  # the timeout log line goes under the answer, not into it
+        stream.defer_log = True  # the timeout log record comes after the answer, not in the middle of it
         view.start()
         try:
             answer = stream.consume(on_chunk=view.add)
         except BaseException as e:
-            view.finish(marker=f"⚠ {e}" if not isinstance(e, LLMMagicError) else None, final_text=view.text)
+            view.finish(marker=_failure_marker(e, view.text), final_text=view.text)
             if isinstance(e, LLMMagicError) and e.user_error:
                 raise UsageError(str(e)) from None
             raise
-        view.finish(marker=answer.marker())
-        stream.log_timeout()
+        notes = [answer.time_report] if answer.time_report else []  # a timeout: where the time went
+        if format == "code":
+            answer.value = code_for_next_cell(answer)
+            if answer.value is None:
+                notes.append(NO_CODE_BLOCK)
+        view.finish(marker=answer.marker(), note=notes)
+        stream.log_timeout()  # INFO, for the logs: the cell already shows it
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------

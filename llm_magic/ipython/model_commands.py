@@ -38,7 +38,7 @@ def _alias_parser() -> MagicArgumentParser:
 ALIAS_PARSER = _alias_parser()
 
 
-@command("status", "models in the cache: state, size, load time, uses, last use, mlock, error")
+@command("status", "models in the cache: options, state, size, load time, uses, last use, mlock, error")
 def status(magics: AskMagics, rest: str) -> None:
     from .. import status_table
 

@@ -1,4 +1,5 @@
-"""``%llm status``: the rows of ``llm_magic.models()`` as a text table."""
+"""``%llm status``: the rows of ``llm_magic.models()`` as a text table, one row per model, with the
+load options that are not the defaults (``n_ctx=8192``) in a column of their own."""
 
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ def _state(row: dict[str, Any]) -> str:
 def status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no models loaded or configured (see %llm help)"
-    header = ("model", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
+    header = ("model", "options", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
     lines = [
         (
             str(r["name"]),
+            r.get("options") or "-",
             _state(r),
             fmt_size(r["size_bytes"]),
             f"{r['load_s']:.2f}" if r["load_s"] is not None else "-",

@@ -46,8 +46,12 @@ def test_quickstart_notebook_streams_in_a_real_kernel(tiny_model):
         assert "<script" not in data["text/html"]
     # the timed-out cell streamed for a second: many in-place updates, throttled (≤ 25/s + the final one)
     assert 3 <= client.updates[partial] <= 40, client.updates[partial]
-    assert "timed out after 1 s — partial answer" in _cell_text(code[partial])
-    assert "llm-magic-marker" in code[partial].outputs[0].data["text/html"]
+    assert "[timed out after 1 s — partial answer" in _cell_text(code[partial])
+    html = code[partial].outputs[0].data["text/html"]
+    assert "llm-magic-marker" in html and "⏱" not in html
+    # where the time went: subdued under the marker, not a warning on stderr (JupyterLab's pink box)
+    assert '<p class="llm-magic-note" style="opacity:0.7">[waiting for the model load' in html
+    assert not [o for o in code[partial].outputs if o.output_type == "stream" and o.name == "stderr"]
     assert "('timeout'," in _cell_text(code[partial + 1])
     second_timing = _cell_text(code[second + 1])
     assert "second ask: waited 0.0" in second_timing  # cache hit: no load wait
@@ -67,4 +71,4 @@ def test_panel_notebook_runs_in_a_real_kernel(tiny_model, monkeypatch):
     outputs = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in code_outputs)
     assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[3].outputs)
     assert "running: True" in outputs and "length: 200 tokens" in outputs
-    assert "timeout — ⏱ timed out after 2 s — partial answer" in outputs
+    assert "timeout — timed out after 2 s — partial answer" in outputs

@@ -3,8 +3,10 @@ Debian Chromium driven by Python Playwright.
 
 Opens notebooks/panel.ipynb, runs its cells, types a prompt, clicks Ask and sees tokens stream in,
 runs another cell while the panel streams, clicks Stop, and checks in the browser that HTML in an
-answer is shown as text and never runs. Screenshots (and the server log) go to tests/_artifacts/
-on failure.
+answer is shown as text and never runs; that the answer area is never empty from Ask to the final
+view and keeps single line breaks; and that the panel fits the notebook at 800 and 1400 px (no
+horizontal overflow, the prompt box inside the panel). Screenshots (and the server log) go to
+tests/_artifacts/ on failure.
 
 Skipped when /usr/bin/chromium or playwright is missing, except under CI (``$CI`` set): then it fails.
 """
@@ -171,6 +173,67 @@ class Crafted:  # a stream-like object with chosen chunks: drives the panel's re
 panel.start(Crafted()); print("crafted answer started")
 """.strip()
 
+LINES_CELL = r"""
+import time, llm_magic
+class Lines:  # single line breaks, a long code line and a long word: the renderer and the layout
+    model_name, prompt, phase, answer = "crafted", "lines", "generate", None
+    pieces = ["first line\n", "second line\n\n", "```\nx = 1  # " + "a long code line " * 30 + "\n```\n\n",
+              "a" * 400, " the end"]
+    def consume(self, on_chunk):
+        for p in self.pieces:
+            on_chunk(p); time.sleep(0.3)
+        self.answer = llm_magic.Answer("".join(self.pieces), n_tokens=len(self.pieces), model="crafted")
+        return self.answer
+    def stop(self, reason="cancelled"):
+        pass
+panel.start(Lines()); print("lines answer started")
+""".strip()
+
+LONG_STATUS_CELL = r"""
+long = "/a/very/long/path/" + "with-long-directory-names/" * 8 + "model.gguf"
+panel.model.options = [(long + " — missing", long)]  # a long label in the dropdown, a long error
+panel.ask("hi"); print("long status shown")
+""".strip()
+
+# every change in the page, as the answer area's HTML after it (what the next frame can show)
+WATCH_ANSWER = """() => {
+  window.__answerFrames = [];
+  const read = () => {
+    const el = document.querySelector('.llm-magic-answer .widget-html-content');
+    const html = el ? el.innerHTML : null;
+    const frames = window.__answerFrames;
+    if (frames.length === 0 || frames[frames.length - 1] !== html) frames.push(html);
+  };
+  read();
+  window.__answerObserver = new MutationObserver(read);
+  window.__answerObserver.observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""
+
+# horizontal overflow of the panel, its prompt box and anything in it (a scrolling code block or
+# table inside the answer excepted: that is where a long line goes)
+MEASURE = """() => {
+  const panel = document.querySelector('.llm-magic-panel');
+  const box = panel.querySelector('.llm-magic-prompt');
+  const ta = box.querySelector('textarea');
+  const p = panel.getBoundingClientRect();
+  const out = panel.closest('.jp-OutputArea-output') || panel.parentElement;
+  const sticking = [];
+  for (const el of panel.querySelectorAll('*')) {
+    if (el.closest('.llm-magic-answer pre, .llm-magic-answer table') && !el.matches('pre, table')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > p.right + 0.5) sticking.push(el.tagName + '.' + el.className + ' ' + r.right);
+  }
+  return {
+    panel: [panel.scrollWidth, panel.clientWidth, p.right],
+    area: [out.scrollWidth, out.clientWidth, out.getBoundingClientRect().right],
+    textarea: [ta.scrollWidth, ta.clientWidth],
+    prompt_right: box.getBoundingClientRect().right,
+    textarea_right: ta.getBoundingClientRect().right,
+    sticking: sticking.slice(0, 10),
+    code: Array.from(panel.querySelectorAll('.llm-magic-answer pre'), (c) => [c.scrollWidth, c.clientWidth]),
+  };
+}"""
+
 CONTROL_CELL = r"""
 import ipywidgets
 ipywidgets.HTML('<img src=x onerror="window.__control=1"> raw HTML control')
@@ -267,7 +330,7 @@ def _drive(page, lab: Lab, expect) -> None:
     # 4. Stop: the cancelled state
     stop.click()
     expect(status).to_contain_text("finish: cancelled", timeout=15_000)
-    expect(answer).to_contain_text("⏹ cancelled — partial answer")
+    expect(answer).to_contain_text("cancelled — partial answer")
     expect(ask).to_be_enabled()
     expect(stop).to_be_disabled()
 
@@ -297,3 +360,50 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(page.locator(".widget-html-content", has_text="raw HTML control")).to_be_visible()
     page.wait_for_function("() => window.__control === 1", timeout=10_000)
     assert page.evaluate("() => typeof window.__pwned") == "undefined"
+
+    # 6. from Ask to the final view the answer area is never empty, and single line breaks stay
+    page.evaluate(WATCH_ANSWER)
+    _run_new_cell(page, LINES_CELL, "lines answer started")
+    expect(status).to_contain_text("finish: stop", timeout=15_000)
+    expect(answer).to_contain_text("the end")
+    frames = page.evaluate("() => { window.__answerObserver.disconnect(); return window.__answerFrames; }")
+    assert len(frames) >= 4, frames  # the earlier answer, the cursor, tokens, the final view
+    assert all(f and f.strip() for f in frames), [f[:80] if f else f for f in frames]
+    assert "▌" in frames[-2] and "▌" not in frames[-1]  # the final view replaced the streamed one
+    assert "first line<br" in frames[-1] and "second line" in frames[-1]
+    assert any("first line<br" in f and "▌" in f for f in frames), "no line break while streaming"
+
+    # 7. the panel fits the notebook, with a long code line, a long word and a long status line
+    _check_fits(page, "a long answer", code_scrolls=True)
+    _run_new_cell(page, LONG_STATUS_CELL, "long status shown")
+    expect(status).to_contain_text("model file not found: /a/very/long/path/")
+    _check_fits(page, "a long status line")
+
+
+def _run_new_cell(page, source: str, printed: str) -> None:
+    index = page.evaluate(ADD_CELL, source)
+    page.evaluate(
+        f"(i) => {{ {NOTEBOOK}.content.activeCellIndex = i; "
+        "return window.jupyterapp.commands.execute('notebook:run-cell'); }",
+        index,
+    )
+    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    output.filter(has_text=printed).first.wait_for(timeout=30_000)  # the cell ran
+
+
+def _check_fits(page, what: str, code_scrolls: bool = False) -> None:
+    for width in (800, 1400):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)  # JupyterLab lays out again on resize
+        page.locator(".llm-magic-panel").scroll_into_view_if_needed()
+        m = page.evaluate(MEASURE)
+        where = f"{what} at {width} px: {m}"
+        assert m["panel"][0] <= m["panel"][1], f"the panel overflows horizontally, {where}"
+        assert m["textarea"][0] <= m["textarea"][1], f"the prompt box overflows, {where}"
+        assert m["prompt_right"] <= m["panel"][2] + 0.5 and m["textarea_right"] <= m["panel"][2] + 0.5, where
+        assert m["panel"][2] <= m["area"][2] + 0.5, f"the panel is wider than its output area, {where}"
+        assert not m["sticking"], f"something sticks out of the panel, {where}"
+        assert m["area"][0] <= m["area"][1], f"the output area scrolls horizontally, {where}"
+        if code_scrolls:  # the long code line keeps its shape and scrolls, in its own block only
+            assert m["code"] and all(sw > cw for sw, cw in m["code"]), where
+    page.set_viewport_size({"width": 1280, "height": 1000})
