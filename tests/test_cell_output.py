@@ -131,7 +131,7 @@ def test_prompt_progress_is_throttled_and_the_first_token_still_goes_out_at_once
         view.start()
         for done in range(0, 4461, 32):  # batches faster than 25 a second: most are held back
             view.status(f"reading the prompt {done:,} / 4,461 tokens")
-        time.sleep(0.05)
+        time.sleep(view.throttle.interval + 0.02)
         view.status("reading the prompt 4,461 / 4,461 tokens")  # after the interval: shown
         view.add("A")  # right after a status: not held back
         view.finish()
@@ -192,3 +192,12 @@ def test_mode_auto_follows_the_shell(shell):
     assert not in_notebook(shell) and StreamDisplay().mode == "text"
     assert in_notebook(types.SimpleNamespace(kernel=object()))
     assert not in_notebook()  # get_ipython() is the test shell: a terminal, no kernel
+
+
+def test_rendered_streaming_is_gentler_than_plain_text():
+    """Each HTML update is rendered on the generating thread: 10/s (plain text: 25/s)."""
+    from llm_magic.rendering import CELL_HTML_UPDATES_PER_S, MAX_UPDATES_PER_S
+
+    assert StreamDisplay(mode="notebook").throttle.interval == 1 / CELL_HTML_UPDATES_PER_S == 0.1
+    assert StreamDisplay(mode="notebook", markdown=False).throttle.interval == 1 / MAX_UPDATES_PER_S
+    assert StreamDisplay(mode="notebook", max_updates_per_s=5).throttle.interval == 0.2

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from ..rendering import (
+    CELL_HTML_UPDATES_PER_S,
     CURSOR,
     MAX_UPDATES_PER_S,
     Throttle,
@@ -41,17 +42,20 @@ class StreamDisplay:
     def __init__(
         self,
         mode: str = "auto",
-        max_updates_per_s: float = MAX_UPDATES_PER_S,
+        max_updates_per_s: float | None = None,  # default: 15/s rendering HTML, 25/s plain text
         out: TextIO | None = None,
         markdown: bool = True,
     ):
         self.mode = ("notebook" if in_notebook() else "text") if mode == "auto" else mode
         self.markdown = markdown
+        if max_updates_per_s is None:
+            max_updates_per_s = CELL_HTML_UPDATES_PER_S if markdown else MAX_UPDATES_PER_S
         self.throttle = Throttle(max_updates_per_s)
         self.out = out
         self.text = ""
         self.n_updates = 0  # messages sent to the front end (interim + final)
         self._handle: Any = None
+        self._status_kind: list[str] = []
 
     def _stdout(self) -> TextIO:
         return self.out or sys.stdout
@@ -83,6 +87,10 @@ class StreamDisplay:
         1,024 / 4,461 tokens'), throttled like the answer itself."""
         if self.mode == "notebook" and self._handle is not None and not self.text:
             now = time.monotonic()
+            kind = message.split(" ", 2)[:2]  # "waiting for", "reading the": a new kind goes out at once
+            if kind != self._status_kind:
+                self._status_kind = kind
+                self.throttle.reset()
             if self.throttle.ready(now):
                 self._send(self._status(message))
                 self.throttle.sent(now=now)
