@@ -201,3 +201,24 @@ def test_rendered_streaming_is_gentler_than_plain_text():
     assert StreamDisplay(mode="notebook").throttle.interval == 1 / CELL_HTML_UPDATES_PER_S == 0.1
     assert StreamDisplay(mode="notebook", markdown=False).throttle.interval == 1 / MAX_UPDATES_PER_S
     assert StreamDisplay(mode="notebook", max_updates_per_s=5).throttle.interval == 0.2
+
+
+def test_text_mode_needs_only_write():
+    """Terminal mode writes to any object with write() (a redirect, a capture): never writelines()."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.parts.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    sink = Sink()
+    view = StreamDisplay(mode="text", out=sink)
+    view.add("Paris")
+    view.finish(marker="stopped at max_tokens (1 token)", note="a note")
+    assert "".join(sink.parts) == "Paris\n[stopped at max_tokens (1 token)]\n[a note]\n"

@@ -134,5 +134,5 @@ class StreamDisplay:
             out.write(final_text[len(self.text) :] if final_text.startswith(self.text) else "\n" + final_text)
         if text:
             out.write("\n")
-        out.writelines(f"{line}\n" for line in about_lines(text, marker, note))
+        out.write("".join(f"{line}\n" for line in about_lines(text, marker, note)))  # any file-like: write only
         out.flush()
