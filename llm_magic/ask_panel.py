@@ -289,6 +289,7 @@ class AskPanel(widgets.VBox):
     def _on_done(self, stream: Any, answer: Answer | None, error: BaseException | None) -> None:
         if error is not None or answer is None:
             answer = panel_models.failed_answer(stream, answer, error, "".join(self._pieces))
+        getattr(stream, "log_timeout", lambda: None)()  # INFO: where a timed-out answer's time went
         with self._lock:
             if stream is not self._stream:
                 return

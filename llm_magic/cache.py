@@ -46,6 +46,7 @@ class ModelCache:
         self._loader: Loader = loader or load_engine
         self._entries: dict[tuple[Any, ...], Entry] = {}
         self._closing: list[Entry] = []  # replaced, still finishing a request: closed when it ends
+        self._replaced: dict[tuple[Any, ...], str] = {}  # retired keys -> the options that replaced them
         self._lock = threading.RLock()
         self._pool = WorkerPool("llm_magic-load", max_workers)
         self.closed = False
@@ -76,14 +77,20 @@ class ModelCache:
 
     # ---- loading -------------------------------------------------------------------------
 
-    def load(self, spec: ModelSpec, *, retry_failed: bool = True) -> Entry:
+    def load(self, spec: ModelSpec, *, retry_failed: bool = True, replace: bool = True) -> Entry:
         """Start loading ``spec`` in the background unless it is loaded or loading. Never blocks.
-        Other entries of the same model, loaded with other options, are replaced."""
+        Other entries of the same model, loaded with other options, are replaced. ``replace=False``
+        (a request already under way, retrying) never replaces a newer instance: if its own was
+        replaced meanwhile, that is a ``ModelLoadError`` rather than a reload that evicts the new one."""
         victims: list[Victim] = []
         with self._lock:
             if self.closed:
                 raise CacheClosed("the model cache is shut down")
             entry = self._entries.get(spec.key)
+            newer = self._replaced.get(spec.key) if entry is None else None
+            if newer is not None and not replace:
+                raise ModelLoadError(f"{spec.display_name} was replaced by {newer} (its options changed): ask again")
+            self._replaced.pop(spec.key, None)
             if entry is None and (entry := self._revive(spec)) is not None:
                 replaced = self._retire_others(spec)  # switched back while the old one was busy
             elif entry is not None and (
@@ -126,6 +133,7 @@ class ModelCache:
         now, claimed = load_options(spec) or "default options", list[Victim]()
         for old in same_model(self._entries.values(), spec):
             del self._entries[old.spec.key]
+            self._replaced[old.spec.key] = now
             log.info("llm_magic: %s (%s) is replaced by %s", old.name, load_options(old.spec) or "default options", now)
             old.replaced_by = now
             if old.state == LOADING:  # its waiters get a ModelLoadError saying so (no reload ping-pong)
@@ -234,7 +242,7 @@ class ModelCache:
         log.info("llm_magic: loaded %s in %.2f s", entry.name, entry.load_s)
         return model
 
-    def get(self, spec: ModelSpec, deadline: float | None = None) -> Entry:
+    def get(self, spec: ModelSpec, deadline: float | None = None, *, replace: bool = True) -> Entry:
         """The ready entry for ``spec``, loading it if needed and waiting until ``deadline`` (monotonic).
 
         Raises ``LoadTimeout`` if the deadline passes first (the load continues), or
@@ -259,9 +267,8 @@ class ModelCache:
             log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", entry.name)
             self._close_model(entry, model, queue, timeout=10.0)
             entry.note = f"reloaded at {time.strftime('%H:%M:%S')}: the file changed on disk"
-        with self._lock:
-            entry = self.load(spec)
-            future = entry.future
+        entry = self.load(spec, replace=replace)  # outside the lock: a replaced model may close here
+        future = entry.future
         if entry.state == READY or future is None:
             return entry
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -272,7 +279,7 @@ class ModelCache:
         except CacheClosed:
             if self.closed:
                 raise
-            return self.get(spec, deadline)  # unloaded while loading: load it afresh
+            return self.get(spec, deadline, replace=False)  # unloaded while loading: load it afresh
         except LLMMagicError as exc:
             entry.error_reported = True
             raise type(exc)(str(exc)) from None
@@ -281,9 +288,12 @@ class ModelCache:
             raise ModelLoadError(f"loading {entry.name} failed: {type(exc).__name__}: {exc}") from exc
         return entry
 
-    def wait(self, spec: ModelSpec, deadline: float | None, should_stop: Callable[[], bool]) -> Entry | None:
+    def wait(
+        self, spec: ModelSpec, deadline: float | None, should_stop: Callable[[], bool], *, replace: bool = True
+    ) -> Entry | None:
         """``get`` in short slices, so a caller's Stop and KeyboardInterrupt act during a load.
-        None if ``should_stop()`` turned true; ``LoadTimeout`` once ``deadline`` passes."""
+        None if ``should_stop()`` turned true; ``LoadTimeout`` once ``deadline`` passes. Only the
+        first slice may replace another instance of the model (see ``load``)."""
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -291,8 +301,10 @@ class ModelCache:
             if should_stop():
                 return None
             try:
-                return self.get(spec, deadline=time.monotonic() + (0.1 if remaining is None else min(0.1, remaining)))
+                slice_end = time.monotonic() + (0.1 if remaining is None else min(0.1, remaining))
+                return self.get(spec, deadline=slice_end, replace=replace)
             except LoadTimeout:
+                replace = False
                 continue
 
     # ---- use bookkeeping -------------------------------------------------------------------

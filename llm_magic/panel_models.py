@@ -227,7 +227,9 @@ def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False, 
     if p.phase == "queue":
         return status_html("◌", f"{name}: waiting for the model (busy with another request, {p.elapsed_s:.0f} s)", BLUE)
     if p.phase == "prompt":
-        if p.prompt_tokens:  # the cell's words: "reading the prompt 1,024 / 4,461 tokens", per batch
+        if (
+            p.prompt_tokens and p.prompt_done
+        ):  # batch by batch (a short prompt has no batches); the cell's words: "reading the prompt 1,024 / 4,461 tokens", per batch
             done = min(p.prompt_done, p.prompt_tokens)
             return status_html("◌", f"{name}: reading the prompt {done:,} / {p.prompt_tokens:,} tokens", BLUE)
         return status_html("◌", f"{name}: reading the prompt…", BLUE)

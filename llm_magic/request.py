@@ -235,14 +235,14 @@ class Stream:
                 self.log_timeout()
 
     def _attempts(self, cache: ModelCache, pieces: list[str], meta: dict[str, Any]) -> Generator[str, None, None]:
-        for _attempt in range(3):  # a model unloaded under us is loaded again
+        for attempt in range(3):  # a model unloaded under us is loaded again
             self.phase = "load"
             entry = cache.entry(self.spec)
             if self.on_status and (entry is None or entry.state != "ready"):
                 self.on_status(f"waiting for {self.model_name} to load")
             found: Entry | None = None
             try:
-                found = cache.wait(self.spec, self.deadline, self._should_stop)
+                found = cache.wait(self.spec, self.deadline, self._should_stop, replace=attempt == 0)
             except LoadTimeout:
                 self.stop("timeout")
             except KeyboardInterrupt:

@@ -19,10 +19,10 @@ from llm_magic import runtime
 from llm_magic.cache import ModelCache
 from llm_magic.cache_entry import Entry
 from llm_magic.engines import load_engine
-from llm_magic.errors import CacheClosed, ConfigError, LoadTimeout, ModelLoadError
+from llm_magic.errors import CacheClosed, ConfigError, LLMMagicError, LoadTimeout, ModelLoadError
 from llm_magic.eviction import same_model
 from llm_magic.settings import parse_bytes, parse_seconds
-from llm_magic.specs import ModelSpec, resolve
+from llm_magic.specs import ModelSpec, physical_cores, resolve
 
 from conftest import run
 from tiny_gguf import write_tiny_model
@@ -430,4 +430,55 @@ def test_unloading_a_model_that_is_loading_abandons_the_load(tiny_model, llama_c
         assert llama_constructions["n"] == 1  # llama.cpp started, and gave up at its progress callback
     finally:
         gate.set()
+        cache.close_all()
+
+
+def test_requests_with_old_and_new_options_do_not_replace_each_other_forever(tmp_path):
+    """A request under way never reloads options that were replaced meanwhile (which would retire the
+    newer instance, whose waiter would do the same back): the later options win, the earlier request
+    is told its options changed. The loader notices an abort slowly, as a real load can."""
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"x")
+    loads = {"started": 0, "aborted": 0}
+
+    class Fake:
+        concurrency, closed, kind = 1, False, "local"
+
+        def close(self) -> None:
+            self.closed = True
+
+        def info(self) -> dict:
+            return {}
+
+    def loader(spec, abort):
+        loads["started"] += 1
+        time.sleep(0.3)
+        if abort.is_set():
+            loads["aborted"] += 1
+            raise RuntimeError("aborted")
+        return Fake()
+
+    cache = ModelCache(loader=loader)
+    cores = physical_cores()
+    old = ModelSpec(path=str(path), n_ctx=2048, n_threads=cores, n_threads_batch=cores)
+    new = ModelSpec(path=str(path), n_ctx=8192, n_threads=cores, n_threads_batch=cores)
+    results: dict[str, object] = {}
+
+    def ask(name: str, spec: ModelSpec, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[name] = cache.wait(spec, time.monotonic() + 5, lambda: False).state
+        except LLMMagicError as e:
+            results[name] = str(e)
+
+    threads = [threading.Thread(target=ask, args=a) for a in (("old", old, 0.0), ("new", new, 0.05))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert results["new"] == "ready"
+        assert "m.gguf was replaced by n_ctx=8192 (its options changed): ask again" in str(results["old"])
+        assert loads == {"started": 2, "aborted": 1}  # one abandoned load, no ping-pong
+    finally:
         cache.close_all()

@@ -156,3 +156,17 @@ def test_format_json_uses_the_json_grammar_by_default(ip):
     data = ip.user_ns["data"]
     assert isinstance(data, (dict, list))
     assert json.loads(llm_magic.last_answer().text) == data  # the whole answer is that JSON
+
+
+@pytest.mark.parametrize("prose", ["Answer: 42", "Capital: Paris", "Result: True", "Paris (France)"])
+def test_prose_that_happens_to_parse_is_not_code(prose):
+    assert not is_python_code(prose) and code_for_next_cell(prose) is None
+
+
+@pytest.mark.parametrize("code", ["x: int = 5", 'print("hi")', "df.head()", "import os", "def f():\n    return 1"])
+def test_bare_code_is_code(code):
+    assert is_python_code(code) and code_for_next_cell(code) == code
+
+
+def test_the_first_block_with_code_in_it_is_taken():
+    assert code_for_next_cell("```\n\n```\nthen:\n```python\nx = 1\n```") == "x = 1"

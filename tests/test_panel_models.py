@@ -96,8 +96,8 @@ def test_request_status_lines():
     # a long prompt, evaluated batch by batch: the cell's words
     stream.progress = lambda: progress(phase="prompt", prompt_tokens=4461, prompt_done=1024)
     assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt 1,024 / 4,461 tokens"
-    stream.progress = lambda: progress(phase="prompt", prompt_tokens=12)
-    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt 0 / 12 tokens"
+    stream.progress = lambda: progress(phase="prompt", prompt_tokens=12)  # short: no batches, so no counts
+    assert text(request_status_html(stream)) == "◌ tiny.gguf: reading the prompt…"
     # the time to the first token is for the final line (which tells it apart from any wait)
     stream.progress = lambda: progress(n_tokens=40, tokens_per_s=123.4, ttft_s=0.05)
     assert text(request_status_html(stream)) == "◌ tiny.gguf: generating · 40 tokens · 123 tokens/s"

@@ -42,7 +42,7 @@ class StreamDisplay:
     def __init__(
         self,
         mode: str = "auto",
-        max_updates_per_s: float | None = None,  # default: 15/s rendering HTML, 25/s plain text
+        max_updates_per_s: float | None = None,  # default: 10/s rendering HTML, 25/s plain text
         out: TextIO | None = None,
         markdown: bool = True,
     ):

@@ -58,16 +58,35 @@ def is_python_code(text: str) -> bool:
             tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
+    if len(tree.body) == 1 and _looks_like_prose(tree.body[0]):
+        return False
     return not all(isinstance(node, _PROSE_NODES) for node in ast.walk(tree))
+
+
+def _looks_like_prose(stmt: ast.stmt) -> bool:
+    """One line that parses but reads as prose: ``Answer: 42`` (an annotation without a value) or
+    ``Paris (France)`` (a capitalised word "called" with plain words)."""
+    if isinstance(stmt, ast.AnnAssign):
+        return stmt.value is None and isinstance(stmt.target, ast.Name)
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        call = stmt.value
+        return (
+            isinstance(call.func, ast.Name)
+            and call.func.id[:1].isupper()
+            and not call.keywords
+            and all(isinstance(a, ast.Name) for a in call.args)
+        )
+    return False
 
 
 def code_for_next_cell(answer: str) -> str | None:
     """``-f code``: the first fenced block with some code in it, else the whole answer if it is a
     bare code answer (Python without fences); None when there is no code to insert."""
     text = str.__str__(answer)
-    block = first_code_block(text)
-    if block is not None and block.strip():
-        return block
+    for match in _FENCE.finditer(text):  # the first block with something in it
+        block = match.group(3).rstrip("\n")
+        if block.strip():
+            return block
     bare = textwrap.dedent(text).strip()
     return bare if is_python_code(bare) else None
 
