@@ -33,6 +33,7 @@ class Answer(str):
     error: str | None
     timeout: float | None
     value: Any = None  # -f json: the parsed object; -f code: the code put into the next cell (or None)
+    queue_s: float | None = None  # waiting for the model while another request used it
     time_report: str | None = None  # timeout: where the time went (load wait, queue, prompt, generation)
 
     def __new__(cls, text: str = "", **meta: Any) -> Answer:
@@ -160,6 +161,8 @@ def build_answer(
         tps = (n_tokens - 1) / (times["last"] - first)
     locked = times.get("locked")  # prompt time counts from getting the model: tokenizing + evaluation
     prompt_s = (stats.first_sample_at - locked) if stats and stats.first_sample_at and locked else None
+    if locked is not None and "queue_s" not in meta:  # from the end of the load wait to getting the model
+        meta["queue_s"] = max(0.0, locked - started - float(meta.get("load_wait_s") or 0.0))
     return Answer(
         text,
         finish_reason=finish,

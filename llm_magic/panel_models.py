@@ -181,9 +181,10 @@ def wait_parts(a: Answer, queued: bool = False) -> list[str]:
         parts.append(f"waited {load:.1f} s for the load")
     else:
         load = 0.0
-    queue = 0.0
-    if queued and a.ttft_s is not None and a.prompt_s is not None:
-        queue = max(0.0, a.ttft_s - a.prompt_s - load)
+    queue = a.queue_s if a.queue_s is not None else 0.0  # measured by the request
+    if a.queue_s is None and queued and a.ttft_s is not None and a.prompt_s is not None:
+        queue = max(0.0, a.ttft_s - a.prompt_s - load)  # an Answer from elsewhere: what remains of ttft_s
+    if queue >= MIN_WAIT_S:
         parts.append(f"waited {queue:.1f} s for the model")
     if a.ttft_s is not None:
         parts.append(f"first token {max(0.0, a.ttft_s - load - queue):.2f} s")

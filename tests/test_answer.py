@@ -270,3 +270,10 @@ def test_without_an_end_time_the_total_runs_to_now():
     started = time.monotonic() - 5.0
     a = build_answer("x", None, {}, None, started, {})
     assert 5.0 <= a.total_s < 60.0
+
+
+def test_build_answer_measures_the_wait_for_a_busy_model():
+    times = {"locked": 10.0 + 0.5 + 2.0, "first": 13.0, "last": 14.0, "end": 14.0}
+    a = build_answer("x", None, times, None, 10.0, {"load_wait_s": 0.5})
+    assert a.queue_s == pytest.approx(2.0) and a.load_wait_s == 0.5
+    assert build_answer("x", None, {}, None, 10.0, {}).queue_s is None  # never got the model

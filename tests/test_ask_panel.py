@@ -346,7 +346,8 @@ def test_a_wait_for_a_busy_model_is_shown_apart_from_the_first_token(use_model):
     waited, first = float(m[1]), float(m[2])
     assert waited >= 1.0 and first < waited, status
     assert abs(waited + first - rb.ttft_s) <= 0.06, (waited, first, rb.ttft_s)  # they add up (rounded)
-    assert first == round(rb.prompt_s, 2), (first, rb.prompt_s)  # from getting the model to the first token
+    assert abs(waited - rb.queue_s) <= 0.06, (waited, rb.queue_s)  # measured by the request, not guessed
+    assert abs(first - rb.prompt_s) <= 0.03, (first, rb.prompt_s)  # from getting the model to the first token
     # the one that held the model did not wait for it (it may have waited for the load)
     assert "for the model" not in status_text(a) and "first token" in status_text(a)
     a.close()
