@@ -19,7 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from . import settings as settings_mod
-from .cache_entry import CLOSING, FAILED, LOADING, READY, UNLOADED, Entry, file_id, load_options
+from .cache_entry import CLOSING, FAILED, LOADING, READY, UNLOADED, Entry, Victim, claim, file_id, load_options
 from .engines import load_engine
 from .engines.base import Engine, Loader
 from .errors import CacheClosed, LLMMagicError, LoadTimeout, ModelLoadError
@@ -29,16 +29,6 @@ from .specs import ModelSpec
 from .workers import WorkerPool
 
 log = logging.getLogger("llm_magic")
-
-Victim = tuple[Entry, "Engine | None", "ModelQueue | None", str]  # an entry, what it held, and why
-
-
-def _claim(entry: Entry, reason: str) -> Victim:
-    """Take an entry's model and queue for closing (caller holds the cache lock): from now on no
-    request starts on it, and a reload of the entry builds a new model beside, never into, these."""
-    victim = (entry, entry.model, entry.queue, reason)
-    entry.state, entry.model, entry.queue = UNLOADED, None, None
-    return victim
 
 
 class ModelCache:
@@ -140,7 +130,7 @@ class ModelCache:
                 old.state = UNLOADED
                 old.abort.set()
             elif old.state == READY and old.active == 0:
-                claimed.append(_claim(old, f"replaced by {now}"))
+                claimed.append(claim(old, f"replaced by {now}"))
             elif old.state == READY:
                 old.state, old.note = CLOSING, f"replaced by {now}: closes when its request ends"
                 self._closing.append(old)
@@ -172,7 +162,7 @@ class ModelCache:
         )
         if over is not None:
             log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, over)
-        return [_claim(victim, reason) for victim, reason in victims]
+        return [claim(victim, reason) for victim, reason in victims]
 
     def _evict(self, victim: Victim) -> None:
         entry, model, queue, reason = victim
@@ -190,7 +180,7 @@ class ModelCache:
         now = time.monotonic()
         with self._lock:
             victims = [
-                _claim(e, f"keep_alive={keep_alive:g} s") for e in expired(self._entries.values(), keep_alive, now)
+                claim(e, f"keep_alive={keep_alive:g} s") for e in expired(self._entries.values(), keep_alive, now)
             ]
         for victim in victims:
             self._evict(victim)
@@ -204,6 +194,10 @@ class ModelCache:
                 return
             if keep is not None:
                 self.expire_idle(keep)
+            with self._lock:  # a replaced model kept open by a half-read stream: that stream ends
+                queues = [e.queue for e in self._closing if e.queue is not None]
+            for queue in queues:
+                queue.end_suspended()
 
     def _load(self, entry: Entry) -> Any:
         started = time.monotonic()
@@ -261,7 +255,7 @@ class ModelCache:
                 and entry.file_id is not None
                 and file_id(spec.path) != entry.file_id
             ):
-                changed = _claim(entry, "changed on disk")  # replaced on disk: reload before using it
+                changed = claim(entry, "changed on disk")  # replaced on disk: reload before using it
         if changed is not None:
             entry, model, queue, _ = changed
             log.warning("llm_magic: %s changed on disk since it was loaded; reloading it", entry.name)
@@ -332,7 +326,7 @@ class ModelCache:
                 entry.idle_since = time.monotonic()
                 if entry.state == CLOSING:
                     self._forget(entry)
-                    replaced = _claim(entry, "replaced")
+                    replaced = claim(entry, "replaced")
         if replaced is not None:
             _, model, old_queue, _ = replaced
             self._close_model(entry, model, old_queue, timeout=10.0)  # no request left on it: closes now
@@ -347,7 +341,7 @@ class ModelCache:
                 entry.state = UNLOADED  # the load is aborted (or the loader closes what it built)
                 entry.abort.set()
                 return True
-            _, model, queue, _ = _claim(entry, "unloaded")
+            _, model, queue, _ = claim(entry, "unloaded")
         return self._close_model(entry, model, queue, timeout)
 
     def _forget(self, entry: Entry) -> None:

@@ -109,3 +109,14 @@ class Entry:
             row["kind"] = model.kind
             row.update(model.info())
         return row
+
+
+Victim = tuple[Entry, Engine | None, ModelQueue | None, str]  # an entry, what it held, and why
+
+
+def claim(entry: Entry, reason: str) -> Victim:
+    """Take an entry's model and queue for closing (caller holds the cache lock): from now on no
+    request starts on it, and a reload of the entry builds a new model beside, never into, these."""
+    victim = (entry, entry.model, entry.queue, reason)
+    entry.state, entry.model, entry.queue = UNLOADED, None, None
+    return victim

@@ -87,6 +87,13 @@ class ModelQueue:
                 suspended = True
         return suspended
 
+    def end_suspended(self) -> None:
+        """Stop and close the holders nobody is iterating (the model is to be closed)."""
+        for holder in self.holders():
+            if holder.suspended():
+                holder.stop()
+                holder.abandon()
+
     def release(self, user: QueueUser) -> None:
         with self._lock:
             self._holders = [r for r in self._holders if r() is not None and r() is not user]

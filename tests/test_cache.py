@@ -482,3 +482,21 @@ def test_requests_with_old_and_new_options_do_not_replace_each_other_forever(tmp
         assert loads == {"started": 2, "aborted": 1}  # one abandoned load, no ping-pong
     finally:
         cache.close_all()
+
+
+def test_a_half_read_stream_does_not_keep_a_replaced_model_open(tiny_model):
+    """After the options change, a stream nobody reads any more no longer pins the old instance:
+    the cache's watcher ends it (cancelled, its text kept) and the old model closes."""
+    llm_magic.current_settings().keep_alive = 3600  # the watcher ticks fast; nothing expires
+    half = llm_magic.stream("go", model=tiny_model, max_tokens=100_000, timeout=120)
+    first = next(half)
+    [old] = runtime.get().cache.entries()
+    old_model = old.model
+    llm_magic.current_settings().n_ctx = 2048  # a new instance replaces it
+    assert llm_magic.ask("again", model=tiny_model, max_tokens=3).n_tokens == 3
+    deadline = time.monotonic() + 20
+    while not old_model.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old_model.closed
+    assert half.answer is not None and half.answer.finish_reason == "cancelled" and half.answer.startswith(first)
+    assert [e.state for e in runtime.get().cache.entries()] == ["ready"]

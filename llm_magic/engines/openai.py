@@ -10,6 +10,7 @@ The API key is read from the environment variable the spec names and is never sh
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
@@ -42,6 +43,25 @@ def _client_module() -> Any:
     except ImportError:
         raise ModelLoadError("remote models need the openai client: pip install 'llm-magic[remote]'") from None
     return openai
+
+
+def _http_timeout(openai: Any, total: float, connect: float) -> Any:
+    """A timeout of the HTTP library this openai client is built on (httpx; httpx2 in newer SDKs,
+    which re-export theirs as ``openai.Timeout``)."""
+    timeout = getattr(openai, "Timeout", None) or importlib.import_module("httpx").Timeout
+    return timeout(total, connect=connect)
+
+
+def _transport_errors(openai: Any) -> tuple[type[BaseException], ...]:
+    """A connection that broke: the client's own error, and the transport errors of whichever HTTP
+    library is installed (a mid-stream failure surfaces as the library's, not the client's)."""
+    errors: list[type[BaseException]] = [openai.APIConnectionError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _cause_chain(exc: BaseException) -> list[BaseException]:
@@ -102,13 +122,11 @@ class RemoteModel:
                 raise ModelLoadError(
                     f"{spec.display_name}: the environment variable {spec.api_key_env} (api_key_env) is not set"
                 )
-        import httpx
-
         client = openai.OpenAI(
             base_url=spec.base_url,
             api_key=key or "not-needed",
             max_retries=0,
-            timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+            timeout=_http_timeout(openai, 60.0, CONNECT_TIMEOUT_S),
         )
         where = f"{spec.display_name} ({spec.base_url})"
         started = time.monotonic()
@@ -182,8 +200,7 @@ class RemoteModel:
         token never (that would duplicate text)."""
         self._check_open()
         openai = _client_module()
-        import httpx
-
+        transport_errors = _transport_errors(openai)
         where = f"{self.spec.display_name} ({self.spec.base_url})"
         stop = stop_list(prepared.stop, sampling.pop("stop", None))
         extra = {k: sampling.pop(k) for k in ("top_k", "repeat_penalty", "min_p") if sampling.get(k) is not None}
@@ -205,7 +222,7 @@ class RemoteModel:
         n_chunks = 0
         for attempt in (1, 2):
             remaining = None if deadline is None else max(0.05, deadline - time.monotonic())
-            timeout = httpx.Timeout(remaining or 600.0, connect=min(CONNECT_TIMEOUT_S, remaining or CONNECT_TIMEOUT_S))
+            timeout = _http_timeout(openai, remaining or 600.0, min(CONNECT_TIMEOUT_S, remaining or CONNECT_TIMEOUT_S))
             try:
                 if chat:
                     response = self.client.chat.completions.create(
@@ -251,9 +268,9 @@ class RemoteModel:
                     return  # our own close() during Stop/timeout
                 if isinstance(e, openai.APIStatusError):
                     raise RemoteError(f"{where}: {status_message(e, self.spec, self.server_models)}") from None
-                if not got_first and attempt == 1 and isinstance(e, (openai.APIConnectionError, httpx.TransportError)):
+                if not got_first and attempt == 1 and isinstance(e, transport_errors):
                     continue
-                if isinstance(e, (httpx.TransportError, openai.APIConnectionError)):
+                if isinstance(e, transport_errors):
                     raise RemoteError(f"{where}: the server broke off the stream ({type(e).__name__})") from None
                 raise RemoteError(
                     f"{where}: malformed stream from the server ({type(e).__name__}: {str(e)[:120]})"
