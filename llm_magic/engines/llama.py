@@ -25,6 +25,7 @@ from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text,
 from . import llama_memory, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
+from .llama_grammar import checked_grammar
 from .stops import find_stop, held_back, stop_list
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ class LocalModel:
         extra_stop = sampling.pop("stop", None)
         kwargs = {k: v for k, v in sampling.items() if v is not None}
         if grammar is not None:
-            kwargs["grammar"] = self._grammar(grammar)
+            kwargs["grammar"] = checked_grammar(self._lc, self.llm, grammar)
         if prepared.mode == "vision":
             if seed is not None and seed >= 0:
                 kwargs["seed"] = seed
@@ -324,20 +325,6 @@ class LocalModel:
             accepted -= 1  # the end-of-generation token is sampled but is not part of the answer
         stats.n_tokens = max(0, accepted)
         stats.finish_reason = "stop" if hit else engine_finish
-
-    def _grammar(self, grammar: Any) -> Any:
-        """A ``LlamaGrammar`` for GBNF text, checked first: llama-cpp-python hands llama.cpp's NULL
-        for a grammar that does not parse straight to the sampler chain, which then segfaults."""
-        if not isinstance(grammar, str):
-            return grammar
-        lc = self._lc
-        with private.capture_native_log(50) as lines:
-            sampler = lc.llama_sampler_init_grammar(private.vocab(self.llm), grammar.encode("utf-8"), b"root")
-        if not sampler:
-            reason = next((ln.strip() for ln in reversed(lines) if ln.strip()), "it does not parse")
-            raise ConfigError(f"invalid GBNF grammar: {reason}")
-        lc.llama_sampler_free(sampler)
-        return lc.LlamaGrammar.from_string(grammar, verbose=False)
 
     def _record_context(self, tokens: list[int], text: str, stats: StreamStats) -> None:
         """What the KV cache holds now (prompt + evaluated generated tokens), for a conversation."""
