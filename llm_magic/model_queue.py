@@ -34,6 +34,14 @@ class QueueUser(Protocol):
         """Close it now if nobody is iterating it; True when closed."""
 
 
+def stop_and_close(users: list[QueueUser], reason: str = "cancelled") -> None:
+    """Stop every request first (each ends within a token), then close the ones nobody iterates."""
+    for user in users:
+        user.stop(reason)
+    for user in users:
+        user.abandon()
+
+
 class ModelQueue:
     def __init__(self, slots: int = 1):
         self.slots = max(1, slots)
@@ -89,10 +97,7 @@ class ModelQueue:
 
     def end_suspended(self) -> None:
         """Stop and close the holders nobody is iterating (the model is to be closed)."""
-        for holder in self.holders():
-            if holder.suspended():
-                holder.stop()
-                holder.abandon()
+        stop_and_close([holder for holder in self.holders() if holder.suspended()])
 
     def release(self, user: QueueUser) -> None:
         with self._lock:
@@ -114,10 +119,7 @@ class ModelQueue:
         """Stop every request on this model; close the suspended ones so their slots free at once."""
         with self._lock:
             users = list(self._users)
-        for user in users:
-            user.stop()
-        for user in users:
-            user.abandon()
+        stop_and_close(users)
 
     def close_when_idle(self, close: Callable[[], None]) -> None:
         """Run ``close`` once no request holds a slot: now, or when the last holder releases."""

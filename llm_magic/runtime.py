@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import ModelCache
 from .conversation import Conversations
+from .model_queue import stop_and_close
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -79,11 +80,7 @@ class Runtime:
 
     def stop_all(self, reason: str = "cancelled") -> None:
         """Stop every running request (each ends within a token); close the suspended ones."""
-        requests = self.requests()
-        for r in requests:
-            r.stop(reason)
-        for r in requests:
-            r.abandon()
+        stop_and_close(list(self.requests()), reason)
 
     # ---- the end ----------------------------------------------------------------------------
 
