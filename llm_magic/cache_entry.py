@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import model_options
 from .engines.base import Engine
 from .model_queue import ModelQueue
 from .specs import ModelSpec, physical_cores
@@ -18,7 +19,17 @@ from .specs import ModelSpec, physical_cores
 LOADING, READY, FAILED, UNLOADED = "loading", "ready", "failed", "unloaded"
 CLOSING = "closing"  # replaced by another spec of the same model: closes when its last request ends
 
-LOCAL_OPTIONS = ("n_ctx", "n_batch", "n_threads", "n_threads_batch", "use_mlock", "use_mmap", "chat", "chat_handler")
+LOCAL_OPTIONS = (
+    "n_ctx",
+    "n_batch",
+    "n_threads",
+    "n_threads_batch",
+    "use_mlock",
+    "use_mmap",
+    "chat",
+    "chat_handler",
+    *model_options.DEFAULTS,  # flash attention, KV cache types, GPU offload
+)
 REMOTE_OPTIONS = ("endpoint",)
 _STOCK = ModelSpec(path="")  # the stock load options (the settings' own defaults)
 
@@ -45,7 +56,12 @@ def load_options(spec: ModelSpec, siblings: Sequence[ModelSpec] = ()) -> str:
         for n in names
         if getattr(spec, n) != stock[n] or any(getattr(spec, n) != getattr(other, n) for other in siblings)
     ]
-    return " ".join(f"{n}={getattr(spec, n)}" for n in shown)
+    return " ".join(f"{n}={_shown(getattr(spec, n))}" for n in shown)
+
+
+def _shown(value: Any) -> str:
+    """An option's value as ``%llm alias`` takes it (tensor_split: ``3,1``)."""
+    return ",".join(f"{x:g}" for x in value) if isinstance(value, tuple) else str(value)
 
 
 def file_id(path: str) -> tuple[int, int, int] | None:

@@ -144,8 +144,19 @@ def model_status_html(name: str | None) -> str:
     if state == "missing":
         return status_html("✖", f"{error}", RED)
     if state == "ready":
-        return status_html("●", f"{label}: ready", GREEN)
+        return status_html("●", f"{label}: ready{_on_gpu(entry)}", GREEN)
     return status_html("◌", f"{label}: not loaded (loads on the first Ask)")
+
+
+def _on_gpu(entry: Entry | None) -> str:
+    """`` on CUDA0 (NVIDIA H200), 19/19 layers`` for a model offloaded to a GPU; nothing on the CPU."""
+    model = entry.model if entry is not None else None
+    info = model.info() if model is not None else {}
+    device = info.get("device")
+    if not device or device == "CPU":
+        return ""
+    layers = f", {info['gpu_layers']} layers" if info.get("gpu_layers") else ""
+    return f" on {device}{layers}"
 
 
 def answer_area_html(a: Answer) -> str:

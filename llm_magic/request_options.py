@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .images import Image, load_image
 from .specs import ModelSpec, resolve
 
-SETTINGS_SAMPLING = ("temperature", "top_p", "top_k", "repeat_penalty")
+SETTINGS_SAMPLING = ("temperature", "top_p", "top_k", "repeat_penalty", "frequency_penalty", "presence_penalty")
 
 
 @dataclass(frozen=True)

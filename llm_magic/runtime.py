@@ -40,6 +40,7 @@ class Runtime:
         self.conversations = Conversations()
         self.last_answer: Answer | None = None
         self.mlock_warned = False  # "loaded without mlock" is said once per process
+        self.gpu_warned = False  # "GPU layers asked for, but this build has no GPU backend": once too
 
     # ---- parts, created on first use --------------------------------------------------------
 

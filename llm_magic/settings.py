@@ -8,15 +8,28 @@ traits, and while the extension is loaded the magics object *is* the current set
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from traitlets import Bool, Dict, Float, HasTraits, Int, List, TraitError, Unicode, Union, validate
 
+from . import model_options
 from .errors import ConfigError
 
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "grammar")
+SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "grammar",
+)
 
 # Options a model alias (an entry of ``models``) may carry, and their types.
 SPEC_TYPES: dict[str, type] = {
@@ -34,6 +47,7 @@ SPEC_TYPES: dict[str, type] = {
     "model": str,
     "api_key_env": str,
     "endpoint": str,
+    **model_options.TYPES,  # flash attention, KV cache types, GPU offload
 }
 SPEC_KEYS = tuple(SPEC_TYPES)
 REMOTE_KEYS = ("base_url", "model", "api_key_env", "endpoint")  # a server's alias takes these only
@@ -58,6 +72,8 @@ _SAMPLING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "repeat_penalty": (lambda v: v > 0, "> 0"),
     "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "frequency_penalty": (math.isfinite, "a finite number (0 = off)"),
+    "presence_penalty": (math.isfinite, "a finite number (0 = off)"),
 }
 
 
@@ -110,11 +126,14 @@ def check_alias(name: str, options: Mapping[str, Any]) -> None:
     if options.get("chat", "auto") not in ("auto", "completion"):
         raise ConfigError(f"model {name!r}: chat must be 'auto' or 'completion', got {options['chat']!r}")
     for key, value in options.items():
+        if key in model_options.DEFAULTS:
+            continue  # checked below, with the valid values named
         kind = SPEC_TYPES[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(f"model {name!r}: {key} must be a {kind.__name__}, got {value!r}")
         if isinstance(value, int) and kind is int and value < (0 if key.startswith("n_threads") else 1):
             raise ConfigError(f"model {name!r}: {key} must be positive, got {value}")
+    model_options.check(options, where=f"model {name!r}: ")
 
 
 def parse_bytes(value: Any) -> int:
@@ -168,6 +187,12 @@ class Settings(HasTraits):
     top_p = Float(0.95, help="Default nucleus sampling threshold, in (0, 1].").tag(config=True)
     top_k = Int(40, help="Default top-k sampling (0 = off).").tag(config=True)
     repeat_penalty = Float(1.0, help="Default repetition penalty (1.0 = off).").tag(config=True)
+    frequency_penalty = Float(
+        0.0, help="Default frequency penalty: lowers a token's odds by how often it already appeared (0 = off)."
+    ).tag(config=True)
+    presence_penalty = Float(
+        0.0, help="Default presence penalty: lowers the odds of any token that already appeared (0 = off)."
+    ).tag(config=True)
     seed = Int(-1, help="Default sampling seed; -1 = random.").tag(config=True)
     system = Unicode("", help="Default system prompt.").tag(config=True)
     stop = List(Unicode(), help="Default stop strings.").tag(config=True)
@@ -195,6 +220,38 @@ class Settings(HasTraits):
     json_grammar = Unicode(
         "", help="GBNF grammar that constrains `-f json` answers (default: llama.cpp's JSON grammar)."
     ).tag(config=True)
+    kv_cache_budget = Union(
+        [Int(), Unicode()],
+        default_value="1GB",
+        help="Most bytes of saved conversation KV state kept per model "
+        "(least recently used conversations dropped first; 0 = keep none)",
+    ).tag(config=True)
+    # llama.cpp load options of every local model (an alias may override each); a changed value
+    # is another load of the model. Valid values: llm_magic.model_options.
+    flash_attn = Unicode(
+        "auto", help="Flash attention: auto (on where llama.cpp supports it: faster in long contexts), on, off."
+    ).tag(config=True)
+    type_k = Unicode(
+        "f16", help="KV cache type of K: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (quantized: less memory)."
+    ).tag(config=True)
+    type_v = Unicode(
+        "f16", help="KV cache type of V (same choices as type_k; a quantized V needs flash attention)."
+    ).tag(config=True)
+    n_gpu_layers = Int(
+        -1, help="Layers offloaded to the GPU: -1 = all (the default; CPU-only builds run on the CPU), 0 = none."
+    ).tag(config=True)
+    main_gpu = Int(
+        0, help="The GPU (index) for the whole model with split_mode 'none' (with 'row': for intermediate results)."
+    ).tag(config=True)
+    split_mode = Unicode("layer", help="How a model is split over several GPUs: none (main_gpu only), layer, row.").tag(
+        config=True
+    )
+    tensor_split = List(Float(), help="Proportions of the model per GPU, e.g. [3, 1] (empty: by free memory).").tag(
+        config=True
+    )
+    offload_kqv = Bool(True, help="Keep the KV cache (and attention) on the GPU with the offloaded layers.").tag(
+        config=True
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -205,6 +262,10 @@ class Settings(HasTraits):
     @property
     def memory_budget_bytes(self) -> int:
         return parse_bytes(self.memory_budget)
+
+    @property
+    def kv_cache_budget_bytes(self) -> int:
+        return parse_bytes(self.kv_cache_budget)
 
     @property
     def keep_alive_s(self) -> float | None:
@@ -241,7 +302,7 @@ class Settings(HasTraits):
             raise self._fail(proposal, "must be >= 0 (0 = automatic / no limit)")
         return proposal["value"]
 
-    @validate("temperature", "top_p", "top_k", "repeat_penalty")
+    @validate("temperature", "top_p", "top_k", "repeat_penalty", "frequency_penalty", "presence_penalty")
     def _check_sampling(self, proposal: Any) -> Any:
         name = proposal["trait"].name
         ok, rule = _SAMPLING_RULES[name]
@@ -255,13 +316,20 @@ class Settings(HasTraits):
             raise self._fail(proposal, "must be non-empty strings")
         return proposal["value"]
 
-    @validate("memory_budget")
+    @validate("memory_budget", "kv_cache_budget")
     def _check_budget(self, proposal: Any) -> Any:
         try:
             if parse_bytes(proposal["value"]) < 0:
                 raise ValueError
         except (ValueError, TypeError):
             raise self._fail(proposal, "must be bytes, '8GB' or '50%'") from None
+        return proposal["value"]
+
+    @validate(*model_options.DEFAULTS)
+    def _check_model_option(self, proposal: Any) -> Any:
+        problem = model_options.value_problem(proposal["trait"].name, proposal["value"])
+        if problem:
+            raise self._fail(proposal, problem)
         return proposal["value"]
 
     @validate("keep_alive")

@@ -4,17 +4,21 @@ the file and the load options that identify one model in the cache. Nothing here
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import default_model
+from . import default_model, model_options
 from . import settings as settings_mod
 from .errors import ModelNotFound
 from .settings import check_alias
 
 ENV_MODEL = "LLM_MAGIC_MODEL"
+
+log = logging.getLogger("llm_magic")
 
 
 def physical_cores() -> int:
@@ -47,6 +51,15 @@ class ModelSpec:
     remote_model: str = ""  # the server's model name
     api_key_env: str = ""  # the environment variable holding the API key (never the key itself)
     endpoint: str = "chat"  # remote: "chat" (/v1/chat/completions) or "completions"
+    # llama.cpp load options (valid values: model_options; Llama arguments: engines/llama_options)
+    flash_attn: str = "auto"  # auto, on, off
+    type_k: str = "f16"  # KV cache types: f16, q8_0, q4_0, ...
+    type_v: str = "f16"
+    n_gpu_layers: int = -1  # -1 = all, 0 = CPU only
+    main_gpu: int = 0
+    split_mode: str = "layer"  # none, layer, row
+    tensor_split: tuple[float, ...] = ()  # proportions per GPU; empty = by free memory
+    offload_kqv: bool = True
     name: str = field(default="", compare=False)  # alias or file name, for display only
 
     @property
@@ -142,9 +155,32 @@ def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
         n_threads_batch=settings.n_threads,
         use_mlock=settings.use_mlock,
         name=display,
+        **{k: model_options.as_spec_value(k, getattr(settings, k)) for k in model_options.DEFAULTS},
     )
     options.update({k: v for k, v in overrides.items() if v is not None})
+    options = {k: model_options.as_spec_value(k, v) for k, v in options.items()}
     spec = replace(spec, **options)
+    where = f"model {spec.display_name!r}: "
+    model_options.check({k: getattr(spec, k) for k in model_options.DEFAULTS}, where=where)
     threads = spec.n_threads if spec.n_threads > 0 else physical_cores()
     batch_threads = spec.n_threads_batch if spec.n_threads_batch > 0 else threads
-    return replace(spec, n_threads=threads, n_threads_batch=batch_threads)
+    spec = replace(spec, n_threads=threads, n_threads_batch=batch_threads)
+    if spec.n_gpu_layers > 0:
+        warn_no_gpu_once(spec)
+    return spec
+
+
+def warn_no_gpu_once(spec: ModelSpec) -> None:
+    """GPU layers asked for on a llama-cpp-python build without a GPU backend: say so once per
+    process, with the command that installs a GPU build (never run on the CPU without a word).
+    Only from the main thread, like the mlock warning: a worker must not print into a cell."""
+    from . import runtime
+    from .engines.llama_options import no_gpu_message
+
+    rt = runtime.get()
+    if rt.gpu_warned or threading.current_thread() is not threading.main_thread():
+        return
+    message = no_gpu_message(spec)
+    if message:
+        rt.gpu_warned = True
+        log.warning("llm_magic: %s", message)

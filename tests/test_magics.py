@@ -514,6 +514,25 @@ def test_per_call_sampling_options_reach_the_engine(ip, completion_kwargs):
     assert evaluated_prompt(ip.user_ns["a"]) == "Be brief.\n\nQ: hi\nA:"
 
 
+def test_penalty_flags_reach_the_request(ip, monkeypatch):
+    from llm_magic import request
+
+    seen: list[dict] = []
+    real = request.resolve_options
+
+    def spy(*args, **kwargs):
+        options = real(*args, **kwargs)
+        seen.append(options.sampling)
+        return options
+
+    monkeypatch.setattr(request, "resolve_options", spy)
+    run(ip, "%%ask -n 3 --frequency-penalty 0.5 --presence-penalty -0.25\nhi")
+    assert (seen[-1]["frequency_penalty"], seen[-1]["presence_penalty"]) == (0.5, -0.25)
+    run(ip, "%config AskMagics.presence_penalty = 0.75")
+    run(ip, "%%ask -n 3\nhi")
+    assert (seen[-1]["frequency_penalty"], seen[-1]["presence_penalty"]) == (0.0, 0.75)
+
+
 def test_stop_option_cuts_the_answer(ip):
     run(ip, "%%ask -n 60 --temperature 0 -o full\nhi")
     full = ip.user_ns["full"].text
@@ -564,6 +583,8 @@ def test_seed_makes_answers_repeatable(ip):
         ("--top-p 1.5", "top_p"),
         ("--top-k -1", "top_k"),
         ("--repeat-penalty 0", "repeat_penalty"),
+        ("--frequency-penalty nan", "frequency_penalty must be a finite number"),
+        ("--presence-penalty inf", "presence_penalty must be a finite number"),
         ("--temperature -1", "temperature"),
         ("-f yaml", "invalid choice"),
     ],

@@ -32,7 +32,14 @@ def test_defaults_come_from_the_settings(use_model):
     opts = resolve()
     assert opts.spec.path == os.path.realpath(use_model) and opts.spec.display_name == "tiny.gguf"
     assert (opts.timeout, opts.max_tokens, opts.system, opts.images) == (120.0, 512, None, [])
-    assert opts.sampling == {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repeat_penalty": 1.0}
+    assert opts.sampling == {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "top_k": 40,
+        "repeat_penalty": 1.0,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+    }
     assert runtime.get().cache_if_open() is None  # resolving loads nothing
 
 
@@ -40,6 +47,7 @@ def test_changed_settings_are_read_at_each_request(use_model):
     s = llm_magic.current_settings()
     s.timeout, s.max_tokens, s.temperature, s.top_k = 30.0, 64, 0.0, 5
     s.seed, s.stop, s.system = 7, ["END", "\n\n"], "Be brief."
+    s.frequency_penalty, s.presence_penalty = 0.5, -0.25
     opts = resolve()
     assert (opts.timeout, opts.max_tokens, opts.system) == (30.0, 64, "Be brief.")
     assert opts.sampling == {
@@ -47,6 +55,8 @@ def test_changed_settings_are_read_at_each_request(use_model):
         "top_p": 0.95,
         "top_k": 5,
         "repeat_penalty": 1.0,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.25,
         "seed": 7,
         "stop": ["END", "\n\n"],
     }
@@ -111,6 +121,8 @@ def test_the_callers_dict_is_not_changed(use_model):
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"repeat_penalty": 0}, "repeat_penalty must be > 0"),
         ({"min_p": 2}, r"min_p must be in \[0, 1\]"),
+        ({"frequency_penalty": float("nan")}, r"frequency_penalty must be a finite number \(0 = off\), got nan"),
+        ({"presence_penalty": float("inf")}, r"presence_penalty must be a finite number"),
         ({"stop": [""]}, "stop must be a string or a list of non-empty strings"),
         ({"stop": ["ok", 3]}, "stop must be a string or a list of non-empty strings"),
         ({"bogus": 1, "other": 2}, "unknown option\\(s\\) bogus, other; valid: temperature, "),

@@ -30,6 +30,16 @@ def test_every_trait_is_configurable_and_documented():
         ("memory_budget", "lots", "bytes, '8GB' or '50%'"),
         ("keep_alive", "soon", "seconds or 'forever'"),
         ("max_loaded_models", -2, ">= 0"),
+        ("kv_cache_budget", "lots", "bytes, '8GB' or '50%'"),
+        ("frequency_penalty", float("nan"), "a finite number (0 = off)"),
+        ("presence_penalty", float("-inf"), "a finite number"),
+        ("flash_attn", "yes", "must be one of auto, on, off"),
+        ("type_k", "q3_k", "must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl"),
+        ("type_v", "fp16", "must be one of f32, f16"),
+        ("n_gpu_layers", -2, "must be -1 (all layers), 0 (none: CPU only) or a number of layers"),
+        ("main_gpu", -1, "must be a GPU index >= 0"),
+        ("split_mode", "tensor", "must be one of none, layer, row"),
+        ("tensor_split", [1.0, -2.0], "must be a list of proportions >= 0, one per GPU"),
     ],
 )
 def test_bad_values_are_refused_with_the_rule(name, value, rule):
@@ -41,14 +51,30 @@ def test_bad_values_are_refused_with_the_rule(name, value, rule):
 def test_parsed_values():
     s = settings.Settings(memory_budget="512MB", keep_alive="2.5")
     assert s.memory_budget_bytes == 512 << 20
+    assert s.kv_cache_budget_bytes == 1 << 30  # the default, 1GB
+    assert settings.Settings(kv_cache_budget=0).kv_cache_budget_bytes == 0
+    assert settings.Settings(kv_cache_budget="256MB").kv_cache_budget_bytes == 256 << 20
     assert s.keep_alive_s == 2.5
     assert settings.Settings().keep_alive_s is None
     assert settings.parse_bytes("1.5GB") == int(1.5 * (1 << 30))
     assert settings.parse_bytes("50%") > 0
 
 
+def test_model_load_option_defaults():
+    s = settings.Settings()
+    assert (s.flash_attn, s.type_k, s.type_v, s.n_gpu_layers) == ("auto", "f16", "f16", -1)
+    assert (s.main_gpu, s.split_mode, s.tensor_split, s.offload_kqv) == (0, "layer", [], True)
+    assert (s.frequency_penalty, s.presence_penalty) == (0.0, 0.0)
+
+
 def test_models_are_checked_when_set():
     s = settings.Settings()
+    with pytest.raises(TraitError, match=r"models: model 'm': type_k must be one of f32, f16"):
+        s.models = {"m": {"path": "/x.gguf", "type_k": "q3"}}
+    with pytest.raises(TraitError, match=r"model 'm': type_v=q4_0 \(a quantized V cache\) needs flash attention"):
+        s.models = {"m": {"path": "/x.gguf", "type_v": "q4_0", "flash_attn": "off"}}
+    with pytest.raises(TraitError, match=r"model 'm': n_gpu_layers is not an option of a remote"):
+        s.models = {"m": {"base_url": "http://h/v1", "n_gpu_layers": 1}}
     with pytest.raises(TraitError, match=r"unknown option.*n_gpu.*valid keys"):
         s.models = {"m": {"path": "/x.gguf", "n_gpu": 1}}
     with pytest.raises(TraitError, match="either 'path' or 'base_url'"):

@@ -11,7 +11,20 @@ from llm_magic.ipython.status_table import fmt_size, status_table
 
 from conftest import run
 
-HEADER = ("model", "options", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
+HEADER = (
+    "model",
+    "options",
+    "state",
+    "size",
+    "load s",
+    "uses",
+    "last used",
+    "device",
+    "mlock",
+    "kv cache",
+    "error / note",
+)
+NOTE = HEADER.index("error / note")
 
 
 def row(**kw):
@@ -80,15 +93,18 @@ def test_columns_line_up_and_cells_are_formatted():
         "uses",
         "last",
         "used",
+        "device",
         "mlock",
+        "kv",
+        "cache",
         "error",
         "/",
         "note",
     ]
     assert set(rule.replace("  ", "")) == {"-"}
-    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "on", ""]
+    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "-", "on", "-", ""]
     second_cells = cells(second, header)
-    assert second_cells[:8] == [
+    assert second_cells[:10] == [
         "a-much-longer-name.gguf",
         "-",
         "failed",
@@ -97,8 +113,10 @@ def test_columns_line_up_and_cells_are_formatted():
         "0",
         datetime.fromtimestamp(used).strftime("%H:%M:%S"),
         "-",
+        "-",
+        "-",
     ]
-    assert second_cells[8] == ("cannot load: " + "x" * 300)[:200]  # long errors are cut
+    assert second_cells[NOTE] == ("cannot load: " + "x" * 300)[:200]  # long errors are cut
     assert all(line == line.rstrip() for line in table.splitlines())
 
 
@@ -115,11 +133,36 @@ def test_states_and_notes():
     by_name = {cells(line, header)[0]: cells(line, header) for line in lines}
     assert by_name["loading.gguf"][2] == "loading (2.3 s)"
     assert (
-        by_name["evicted.gguf"][2] == "unloaded (evicted)" and by_name["evicted.gguf"][8] == "evicted (LRU) at 12:01:02"
+        by_name["evicted.gguf"][2] == "unloaded (evicted)"
+        and by_name["evicted.gguf"][NOTE] == "evicted (LRU) at 12:01:02"
     )
-    assert by_name["remote"][8] == "http://127.0.0.1:8080/v1, 12 ms"
-    assert by_name["vision"][8] == "mmproj mmproj-f16.gguf, handler llava15"
-    assert by_name["noted"][8] == "reloaded: the file changed"
+    assert by_name["remote"][NOTE] == "http://127.0.0.1:8080/v1, 12 ms"
+    assert by_name["vision"][NOTE] == "mmproj mmproj-f16.gguf, handler llava15"
+    assert by_name["noted"][NOTE] == "reloaded: the file changed"
+
+
+def test_device_and_kv_cache_columns():
+    rows = [
+        row(name="cpu", device="CPU", gpu_layers="0/19", kv_states=0, kv_bytes=0),
+        row(name="gpu", device="CUDA0 (NVIDIA H200)", gpu_layers="19/19", kv_states=2, kv_bytes=int(3.1 * 2**20)),
+        row(name="half", device="CUDA0 (NVIDIA H200)", gpu_layers="10/19", kv_states=1, kv_bytes=2048),
+        row(name="remote", state="remote", kind="remote", path="http://127.0.0.1:8080/v1"),
+    ]
+    header, _, *lines = status_table(rows).splitlines()
+    by_name = {cells(line, header)[0]: cells(line, header) for line in lines}
+    device, kv = HEADER.index("device"), HEADER.index("kv cache")
+    assert [by_name[n][device] for n in ("cpu", "gpu", "half", "remote")] == [
+        "CPU",
+        "CUDA0 (NVIDIA H200), 19/19 layers",
+        "CUDA0 (NVIDIA H200), 10/19 layers",
+        "-",
+    ]
+    assert [by_name[n][kv] for n in ("cpu", "gpu", "half", "remote")] == [
+        "0 saved",
+        "2 saved, 3.1 MB",
+        "1 saved, 2.0 KB",
+        "-",
+    ]
 
 
 def test_options_tell_two_entries_of_one_file_apart():
@@ -132,7 +175,7 @@ def test_options_tell_two_entries_of_one_file_apart():
     header, _, new, old = table.splitlines()
     assert cells(new, header)[:3] == ["m.gguf", "n_ctx=8192", "ready"]
     assert cells(old, header)[:3] == ["m.gguf", "n_ctx=4096 n_batch=64", "closing"]
-    assert cells(old, header)[8].startswith("replaced by n_ctx=8192")
+    assert cells(old, header)[NOTE].startswith("replaced by n_ctx=8192")
 
 
 def test_status_of_real_models(ip, tiny_model):

@@ -37,6 +37,9 @@ class RemoteError(LLMMagicError, RuntimeError):
     user_error = True
 
 
+_OPENAI_SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")  # standard parameters
+
+
 def _client_module() -> Any:
     try:
         import openai
@@ -207,9 +210,7 @@ class RemoteModel:
         grammar = sampling.pop("grammar", None)
         if isinstance(grammar, str):
             extra["grammar"] = grammar
-        params: dict[str, Any] = {
-            k: v for k, v in sampling.items() if v is not None and k in ("temperature", "top_p", "seed")
-        }
+        params: dict[str, Any] = {k: v for k, v in sampling.items() if v is not None and k in _OPENAI_SAMPLING}
         if params.get("seed") is not None and params["seed"] < 0:
             params.pop("seed")
         params.update(model=self.model_name, max_tokens=max_tokens, stream=True)

@@ -44,6 +44,8 @@ ASK_OPTIONS = (
     "top_p",
     "top_k",
     "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
     "seed",
     "stop",
     "format",
@@ -100,6 +102,18 @@ class AskMagics(Magics, Settings):
     @argument("--top-p", type=float, dest="top_p", help="Nucleus sampling threshold, in (0, 1].")
     @argument("--top-k", type=int, dest="top_k", help="Top-k sampling (0 = off).")
     @argument("--repeat-penalty", type=float, dest="repeat_penalty", help="Repetition penalty (1.0 = off).")
+    @argument(
+        "--frequency-penalty",
+        type=float,
+        dest="frequency_penalty",
+        help="Lower a token's odds by how often it already appeared (0 = off).",
+    )
+    @argument(
+        "--presence-penalty",
+        type=float,
+        dest="presence_penalty",
+        help="Lower the odds of any token that already appeared (0 = off).",
+    )
     @argument("--seed", type=int, help="Sampling seed, for repeatable answers.")
     @argument("--stop", action="append", metavar="TEXT", help="Stop at this text (repeatable).")
     @argument(

@@ -11,7 +11,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from .. import runtime
 from ..errors import LLMMagicError
 from ..settings import check_alias
-from ..specs import resolve_spec_path
+from ..specs import resolve, resolve_spec_path
 from .command_table import command, usage_error
 from .parsing import options_text, split_words
 
@@ -32,13 +32,51 @@ def _alias_parser() -> MagicArgumentParser:
     parser.add_argument("--n-batch", type=int, dest="n_batch")
     parser.add_argument("--chat", choices=("auto", "completion"))
     parser.add_argument("--no-mlock", action="store_true", dest="no_mlock")
+    # llama.cpp load options (checked, with the valid values named, by check_alias)
+    parser.add_argument("--flash-attn", dest="flash_attn")
+    parser.add_argument("--type-k", dest="type_k")
+    parser.add_argument("--type-v", dest="type_v")
+    parser.add_argument("--n-gpu-layers", type=int, dest="n_gpu_layers")
+    parser.add_argument("--main-gpu", type=int, dest="main_gpu")
+    parser.add_argument("--split-mode", dest="split_mode")
+    parser.add_argument("--tensor-split", type=_proportions, dest="tensor_split", metavar="P,P,...")
+    parser.add_argument("--no-offload-kqv", action="store_true", dest="no_offload_kqv")
     return parser
+
+
+def _proportions(text: str) -> list[float]:
+    """``--tensor-split 3,1``: one proportion per GPU."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--tensor-split takes proportions per GPU like 3,1, got {text!r}") from None
+
+
+ALIAS_KEYS = (
+    "n_ctx",
+    "n_threads",
+    "n_batch",
+    "chat",
+    "base_url",
+    "model",
+    "api_key_env",
+    "endpoint",
+    "flash_attn",
+    "type_k",
+    "type_v",
+    "n_gpu_layers",
+    "main_gpu",
+    "split_mode",
+    "tensor_split",
+)
 
 
 ALIAS_PARSER = _alias_parser()
 
 
-@command("status", "models in the cache: options, state, size, load time, uses, last use, mlock, error")
+@command(
+    "status", "models in the cache: options, state, size, load time, uses, last use, device, mlock, kv cache, error"
+)
 def status(magics: AskMagics, rest: str) -> None:
     from .. import status_table
 
@@ -78,22 +116,36 @@ def unload(magics: AskMagics, rest: str) -> None:
     print(f"unloaded {n} model{'s' if n != 1 else ''}")
 
 
-@command("alias NAME PATH [--n-ctx N ...]", "add a model alias for this session (PATH or --base-url URL)")
+@command(
+    "alias NAME PATH [--n-ctx N --n-gpu-layers N --flash-attn on ...]",
+    "add a model alias for this session (PATH or --base-url URL)",
+)
 def alias(magics: AskMagics, rest: str) -> None:
     args = ALIAS_PARSER.parse_args(split_words(rest, "%llm alias"))
     spec: dict[str, object] = {"path": args.path} if args.path else {}
-    for key in ("n_ctx", "n_threads", "n_batch", "chat", "base_url", "model", "api_key_env", "endpoint"):
+    for key in ALIAS_KEYS:
         if getattr(args, key) is not None:
             spec[key] = getattr(args, key)
     if args.no_mlock:
         spec["use_mlock"] = False
+    if args.no_offload_kqv:
+        spec["offload_kqv"] = False
     try:
         check_alias(args.name, spec)
         if isinstance(spec.get("path"), str):
             resolve_spec_path(str(spec["path"]))
     except LLMMagicError as e:
         raise UsageError(str(e)) from None
+    previous = magics.session_aliases.get(args.name)
     magics.add_alias(args.name, spec)
+    try:  # the whole spec, with the settings' defaults: e.g. type_v=q8_0 while flash_attn is 'off'
+        resolve(args.name)  # (and GPU layers asked for on a build without a GPU: said once, now)
+    except LLMMagicError as e:
+        if previous is None:
+            del magics.session_aliases[args.name]
+        else:
+            magics.session_aliases[args.name] = previous
+        raise UsageError(str(e)) from None
     target = spec.get("path") or spec.get("base_url")
     print(f"alias {args.name} -> {target} {options_text(spec)}".rstrip())
 

@@ -1,5 +1,6 @@
 """``%llm status``: the rows of ``llm_magic.models()`` as a text table, one row per model, with the
-load options that are not the defaults (``n_ctx=8192``) in a column of their own."""
+load options that are not the defaults (``n_ctx=8192``) in a column of their own, where it runs
+(``CPU``, or a GPU with the layers offloaded) and the conversation KV state it keeps."""
 
 from __future__ import annotations
 
@@ -38,10 +39,39 @@ def _state(row: dict[str, Any]) -> str:
     return state
 
 
+def _device(row: dict[str, Any]) -> str:
+    """``CPU``, or the GPU and how many layers it holds: ``CUDA0 (NVIDIA H200), 19/19 layers``."""
+    device = row.get("device")
+    if not device:
+        return "-"
+    layers = row.get("gpu_layers")
+    return f"{device}, {layers} layers" if device != "CPU" and layers else str(device)
+
+
+def _kv_cache(row: dict[str, Any]) -> str:
+    """The saved conversation KV states: ``2 saved, 3.1 MB``."""
+    if row.get("kv_states") is None:
+        return "-"
+    size = f", {fmt_size(row['kv_bytes'])}" if row.get("kv_bytes") else ""
+    return f"{row['kv_states']} saved{size}"
+
+
 def status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no models loaded or configured (see %llm help)"
-    header = ("model", "options", "state", "size", "load s", "uses", "last used", "mlock", "error / note")
+    header = (
+        "model",
+        "options",
+        "state",
+        "size",
+        "load s",
+        "uses",
+        "last used",
+        "device",
+        "mlock",
+        "kv cache",
+        "error / note",
+    )
     lines = [
         (
             str(r["name"]),
@@ -51,7 +81,9 @@ def status_table(rows: list[dict[str, Any]]) -> str:
             f"{r['load_s']:.2f}" if r["load_s"] is not None else "-",
             str(r["uses"]),
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
+            _device(r),
             r.get("mlock") or "-",
+            _kv_cache(r),
             str(r["error"] or r.get("note") or _kind_note(r))[:200],
         )
         for r in rows

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 from IPython.core.error import UsageError
@@ -197,6 +198,7 @@ def test_server_killed_mid_stream_keeps_partial_text(tmp_path_factory):
 class _Handler(http.server.BaseHTTPRequestHandler):
     mode = "500"
     hits = 0
+    bodies: ClassVar[list[dict]] = []  # mode "record": the JSON bodies received
 
     def log_message(self, *args):
         pass
@@ -211,7 +213,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         type(self).hits += 1
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.mode == "record":
+            type(self).bodies.append(json.loads(raw))
         if self.mode == "500":
             self.send_response(500)
             self.send_header("Content-Type", "application/json")
@@ -229,7 +233,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}],
         }
         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        self.wfile.write(b"data: {this is not json\n\n")
+        if self.mode == "record":
+            chunk["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+        else:
+            self.wfile.write(b"data: {this is not json\n\n")
         self.wfile.flush()
 
 
@@ -257,6 +265,19 @@ def test_malformed_stream_keeps_partial_text(bad_server):
     llm_magic.current_settings().models = {"weird": {"base_url": url, "model": "m"}}
     a = llm_magic.ask("x", model="weird", max_tokens=5)
     assert a == "Hello" and a.finish_reason == "error" and "malformed stream" in a.error
+
+
+def test_penalties_are_sent_as_openai_parameters(bad_server):
+    _Handler.mode, _Handler.bodies = "record", []
+    url = f"http://127.0.0.1:{bad_server.server_address[1]}/v1"
+    llm_magic.current_settings().models = {"rec": {"base_url": url, "model": "m"}}
+    a = llm_magic.ask("x", model="rec", max_tokens=5, frequency_penalty=0.5, presence_penalty=-0.25)
+    assert a == "Hello"
+    body = _Handler.bodies[-1]
+    assert (body["frequency_penalty"], body["presence_penalty"]) == (0.5, -0.25)
+    llm_magic.current_settings().presence_penalty = 1.5  # the setting is the default
+    llm_magic.ask("x", model="rec", max_tokens=5)
+    assert (_Handler.bodies[-1]["frequency_penalty"], _Handler.bodies[-1]["presence_penalty"]) == (0.0, 1.5)
 
 
 def test_remote_alias_command(ip, server):
