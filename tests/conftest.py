@@ -219,14 +219,23 @@ def _close_widgets_at_the_end():
         pass
 
 
-def evaluated_tokens(answer) -> list[int]:
-    """The prompt tokens the local model evaluated for ``answer`` (its latest request), read back
-    from llama.cpp's own token buffer (not from what llm_magic says it sent)."""
+def held_tokens(model) -> list[int]:
+    """What a local model's KV cache holds, as llm_magic's loop recorded it — checked against
+    llama.cpp's own count of positions in the sequence."""
+    import llama_cpp
+
     from llm_magic.engines import llama_private
 
+    held = model.context_tokens()
+    mem = llama_cpp.llama_get_memory(llama_private.native_context(model.llm))
+    assert llama_cpp.llama_memory_seq_pos_max(mem, 0) + 1 == len(held), "llama.cpp holds other tokens"
+    return held
+
+
+def evaluated_tokens(answer) -> list[int]:
+    """The prompt tokens the local model evaluated for ``answer`` (its latest request)."""
     [entry] = runtime.get().cache.find(answer.model)
-    llm = entry.model.llm
-    held = [int(t) for t in llama_private.input_ids(llm)[: llama_private.n_tokens(llm)]]
+    held = held_tokens(entry.model)
     assert len(held) >= answer.n_prompt_tokens, (len(held), answer.n_prompt_tokens)
     return held[: answer.n_prompt_tokens]
 

@@ -11,11 +11,13 @@ import pytest
 
 import llm_magic
 from llm_magic import runtime
-from llm_magic.engines import llama_private as private
+from llm_magic.engines import llama_loop
 from llm_magic.engines.base import Engine, StreamStats
 from llm_magic.engines.llama import LocalModel
 from llm_magic.errors import ModelLoadError, PromptTooLong
 from llm_magic.gguf_header import diagnose
+
+from conftest import held_tokens
 
 
 def loaded(path: str) -> LocalModel:
@@ -27,8 +29,7 @@ def loaded(path: str) -> LocalModel:
 
 def generated_ids(model: LocalModel, answer: llm_magic.Answer) -> list[int]:
     """The tokens generated after the prompt, as the KV cache holds them."""
-    n = private.n_tokens(model.llm)
-    return [int(t) for t in private.input_ids(model.llm)[answer.n_prompt_tokens : n]]
+    return held_tokens(model)[answer.n_prompt_tokens :]
 
 
 def test_a_local_model_is_an_engine(tiny_model):
@@ -129,16 +130,16 @@ def test_long_prompt_is_evaluated_batch_by_batch_and_can_stop_between_batches(ti
     seen = []
 
     def should_stop():
-        seen.append(private.n_tokens(model.llm))
+        seen.append(len(model.context_tokens()))
         return len(seen) > 3
 
     with entry.queue.exclusive(10) as idle:  # no request may use the model meanwhile
         assert idle
-        reuse = model._reusable_prefix(prepared.tokens)
-        assert reuse > 1000  # the earlier prompt is a shared prefix
+        assert llama_loop.common_prefix(model.context_tokens(), prepared.tokens) > 1000  # a shared prefix
+        model.forget_context()  # a full evaluation
         reported: list[tuple[int, int]] = []  # "reading the prompt N / M tokens", per batch
-        stats = StreamStats(n_prompt_evaluated=len(prepared.tokens), on_prompt=lambda d, t: reported.append((d, t)))
-        assert model._evaluate_prompt(prepared.tokens, 0, should_stop, stats) is False  # 0: a full evaluation
+        stats = StreamStats(on_prompt=lambda d, t: reported.append((d, t)))
+        assert llama_loop.evaluate_prompt(model._kv, prepared.tokens, should_stop, stats) is False
     assert seen == [0, 32, 64, 96]  # checked before every batch of n_batch tokens
     assert reported == [(n, len(prepared.tokens)) for n in (0, 32, 64, 96)] and stats.n_prompt_done == 96  # stopped
     again = llm_magic.ask(prompt, model="big", timeout=60, max_tokens=5, temperature=0)

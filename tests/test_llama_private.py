@@ -16,6 +16,7 @@ from llm_magic.engines.llama import LocalModel
 from llm_magic.errors import ModelLoadError
 from llm_magic.specs import ModelSpec
 
+from conftest import held_tokens
 from tiny_gguf import CHATML_TEMPLATE, write_tiny_model
 
 
@@ -42,7 +43,7 @@ def test_every_private_name_works_on_a_loaded_model(chat_model: Path) -> None:
     try:
         _fail_on(private.check(model.llm))
         llm = model.llm
-        assert private.n_tokens(llm) == 0 and len(private.input_ids(llm)) == 0
+        assert private.n_tokens(llm) == 0
         assert isinstance(private.add_bos(llm), bool)
         assert private.token_text(llm, llm.token_bos()) == "<s>"
         assert private.vocab(llm)
@@ -53,13 +54,15 @@ def test_every_private_name_works_on_a_loaded_model(chat_model: Path) -> None:
         stats = StreamStats()
         list(model.stream(prepared, max_tokens=5, should_stop=lambda: False, stats=stats, temperature=0))
         assert stats.n_tokens == 5
-        # the KV cache holds prompt + generated tokens; _input_ids is exactly that
-        n = private.n_tokens(llm)
-        assert n >= len(prepared.tokens) and len(private.input_ids(llm)) == n
-        assert [int(t) for t in private.input_ids(llm)[: len(prepared.tokens)]] == prepared.tokens
-        assert stats.context_tokens == [int(t) for t in private.input_ids(llm)]
-        private.set_n_tokens(llm, 3)
-        assert len(private.input_ids(llm)) == 3
+        # the KV cache holds prompt + generated tokens (our loop's record, checked against llama.cpp);
+        # llama-cpp-python's own view of it stays empty, so its own calls start afresh
+        held = held_tokens(model)
+        assert held[: len(prepared.tokens)] == prepared.tokens and stats.context_tokens == held
+        assert private.n_tokens(llm) == 0
+        llm.eval(prepared.tokens[:3])  # llama-cpp-python's own API takes the context over ...
+        assert private.n_tokens(llm) == 3
+        model._kv.claim()  # ... and our loop notices: what it recorded is void
+        assert model.context_tokens() == [] and private.n_tokens(llm) == 0
 
         render = private.chat_formatter(CHATML_TEMPLATE, "</s>", "<s>")
         text, stop = render([{"role": "user", "content": "Hi"}])
@@ -93,11 +96,18 @@ def test_native_log_lines_are_captured(chat_model: Path) -> None:
     assert private.native_reason(["fine\n", "load: error: bad tensor\n", "ok\n"]) == "load: error: bad tensor"
 
 
-def test_check_names_what_moved(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(llama_cpp.llama.Llama, "_input_ids")
+@pytest.mark.parametrize(
+    ("owner", "name", "shown"),
+    [
+        (llama_cpp.llama_grammar.LlamaGrammar, "from_string", "llama_cpp.LlamaGrammar._grammar"),
+        (llama_cpp.llama_cpp, "llama_state_seq_get_data", "llama_cpp.llama_cpp.llama_state_seq_get_data"),
+    ],
+)
+def test_check_names_what_moved(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, shown: str) -> None:
+    monkeypatch.delattr(owner, name)
     problems = private.check()
     assert any(
-        p.startswith(f"llama-cpp-python {llama_cpp.__version__} moved or removed llama_cpp.llama.Llama._input_ids")
+        p.startswith(f"llama-cpp-python {llama_cpp.__version__} moved or removed {shown}")
         and p.endswith("update llm_magic/engines/llama_private.py")
         for p in problems
     ), problems

@@ -432,7 +432,21 @@ def test_conversation_follow_up_evaluates_only_new_tokens(ip):
     assert [t.answer for t in conv.turns] == [t1.text, t2.text]
 
 
-def test_conversation_without_reuse_evaluates_everything(ip):
+def test_conversation_keeps_its_kv_state_while_other_requests_run(ip):
+    run(ip, "%%ask -c a -n 20 --temperature 0 -o t1\nFirst question here.")
+    held = len(conversations().find("a")[0].ctx_tokens)  # what a's turn left in the KV cache
+    run(ip, "%%ask -n 5\nsomething else entirely")  # another request takes the KV cache over
+    run(ip, "%%ask -c b -n 5 --temperature 0\nAnother conversation.")
+    run(ip, "%%ask -c a -n 20 --temperature 0 -o t2\nSecond question.")
+    t2 = ip.user_ns["t2"]
+    assert held > 20 and t2.n_prompt_evaluated == t2.n_prompt_tokens - held  # only the new turn: a's state came back
+    assert "Q: First question here." in evaluated_prompt(t2)
+    [row] = llm_magic.models()
+    assert row["kv_states"] == 1 and row["kv_bytes"] > 0  # b's state is the one kept now
+
+
+def test_conversation_without_saved_state_evaluates_everything(ip):
+    run(ip, "%config AskMagics.kv_cache_budget = 0")  # keep no saved states
     run(ip, "%%ask -c a -n 20 --temperature 0 -o t1\nFirst question here.")
     run(ip, "%%ask -n 5\nsomething else entirely")  # another request overwrites the KV cache
     run(ip, "%%ask -c a -n 20 --temperature 0 -o t2\nSecond question.")
@@ -483,17 +497,29 @@ def test_history_is_trimmed_to_fit_the_context(ip, tiny_model):
 
 @pytest.fixture
 def completion_kwargs(monkeypatch):
-    """The keyword arguments of every real ``Llama.create_completion`` call (a spy: it still runs)."""
+    """The sampling values the engine handed to llama.cpp's native sampler constructors (spies:
+    the real samplers are still built), by option name."""
     import llama_cpp
 
     seen: dict = {}
-    real = llama_cpp.Llama.create_completion
+    constructors = {
+        "llama_sampler_init_temp": lambda t: {"temperature": round(t, 6)},
+        "llama_sampler_init_top_k": lambda k: {"top_k": k},
+        "llama_sampler_init_top_p": lambda p, _keep: {"top_p": round(p, 6)},
+        "llama_sampler_init_min_p": lambda p, _keep: {"min_p": round(p, 6)},
+        "llama_sampler_init_dist": lambda seed: {"seed": seed},
+        "llama_sampler_init_penalties": lambda *a: dict(
+            zip(("repeat_penalty", "frequency_penalty", "presence_penalty"), (round(x, 6) for x in a[-3:]), strict=True)
+        ),
+    }
+    for name, record in constructors.items():
+        real = getattr(llama_cpp, name)
 
-    def spy(self, *args, **kwargs):
-        seen.update(kwargs)
-        return real(self, *args, **kwargs)
+        def spy(*args, _real=real, _record=record):
+            seen.update(_record(*args))
+            return _real(*args)
 
-    monkeypatch.setattr(llama_cpp.Llama, "create_completion", spy)
+        monkeypatch.setattr(llama_cpp, name, spy)
     return seen
 
 

@@ -31,6 +31,7 @@ class Prepared:
     stop: list[str] = field(default_factory=list)  # stop strings the prompt shape needs
     turns_used: int = 0  # earlier conversation turns kept in the prompt
     system: str | None = None
+    session: str | None = None  # the conversation it continues (an engine may keep its KV state)
 
 
 @dataclass

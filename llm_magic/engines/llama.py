@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import default_model
+from .. import settings as settings_mod
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
 from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
-from . import llama_memory, llama_vision
+from . import kv_states, llama_loop, llama_memory, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
 from .llama_grammar import checked_grammar
-from .stops import find_stop, held_back, stop_list
+from .llama_sampler import Sampler
+from .stops import StopMatcher, stop_list
 
 if TYPE_CHECKING:
     from ..conversation import Conversation
@@ -74,6 +75,8 @@ class LocalModel:
         self._lc: Any = private.install_hooks()  # the llama_cpp package
         self._chat_render: private.ChatRender | None = None  # built at the first chat prompt
         self._bos_text = ""
+        self._kv = llama_loop.KVContext(self._lc, llm, n_ctx)  # what the KV cache holds
+        self._saved = kv_states.SavedStates()  # other conversations' KV state, while one runs
 
     @property
     def closed(self) -> bool:
@@ -188,7 +191,10 @@ class LocalModel:
                 f"the prompt is {len(tokens)} tokens but the context window of "
                 f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
             )
-        return Prepared(mode=mode, text=text, tokens=tokens, stop=stop, turns_used=len(turns), system=system)
+        session = conversation.name if conversation is not None else None
+        return Prepared(
+            mode=mode, text=text, tokens=tokens, stop=stop, turns_used=len(turns), system=system, session=session
+        )
 
     def _prepare_vision(
         self, prompt: str, images: Sequence[Image], system: str | None, turns: list[TurnLike]
@@ -234,11 +240,9 @@ class LocalModel:
     ) -> Generator[str, None, None]:
         """Yield text pieces as tokens are generated (one request at a time: see the module doc).
 
-        ``should_stop`` is polled once per sampled token (llama-cpp-python's ``stopping_criteria``)
-        and between prompt batches, so a stop request ends the work within one token or one batch
-        (the deadline reaches us through it). Stop strings are matched here rather than in
-        llama-cpp-python, so that the token count stays exact (its ``finish_reason="stop"`` then
-        always means an end-of-generation token).
+        Text goes through our own loop (``llama_loop``): ``should_stop`` is polled before every
+        token and between prompt batches, so a Stop or the deadline (which reaches us through it)
+        ends the work within one token or one batch. Images go through the vision chat handler.
         """
         self._check_open()
         seed = sampling.pop("seed", None)
@@ -246,138 +250,79 @@ class LocalModel:
         extra_stop = sampling.pop("stop", None)
         kwargs = {k: v for k, v in sampling.items() if v is not None}
         if grammar is not None:
-            kwargs["grammar"] = checked_grammar(self._lc, self.llm, grammar)
+            grammar = checked_grammar(self._lc, self.llm, grammar)
         if prepared.mode == "vision":
-            if seed is not None and seed >= 0:
-                kwargs["seed"] = seed
-            if extra_stop is not None:
-                kwargs["stop"] = extra_stop
-            yield from llama_vision.stream_vision(
-                self.llm, prepared.messages or [], max_tokens=max_tokens, should_stop=should_stop, stats=stats, **kwargs
-            )
+            yield from self._stream_vision(prepared, max_tokens, should_stop, stats, seed, grammar, extra_stop, kwargs)
             return
-        llm = self.llm
+        kv = self._kv
         tokens = prepared.tokens
-        stats.n_prompt_tokens = len(tokens)
-        reuse = self._reusable_prefix(tokens)
-        stats.n_prompt_evaluated = len(tokens) - reuse
-        stops = stop_list(prepared.stop, extra_stop)
-
-        if not self._evaluate_prompt(tokens, reuse, should_stop, stats):
-            return  # stopped during a long prompt
-
-        seen_len, accepted, stopped = -1, 0, False
-
-        def criteria(input_ids: Any, _logits: Any) -> bool:
-            nonlocal seen_len, accepted, stopped
-            if stats.first_sample_at is None:
-                stats.first_sample_at = time.monotonic()
-            stop = should_stop()
-            if len(input_ids) > seen_len:  # one call per sampled token (plus a final re-check)
-                seen_len = len(input_ids)
-                if not stop:
-                    accepted += 1
-                    stats.n_tokens = accepted  # live, for progress(); exact once the stream ends
-            stopped = stopped or stop
-            return stop
-
-        engine_finish = None
-        text, emitted, hit = "", 0, False
-        completion = llm.create_completion(
-            tokens,
-            max_tokens=max_tokens,
-            stream=True,
-            seed=seed if seed is not None and seed >= 0 else None,
-            stopping_criteria=self._lc.StoppingCriteriaList([criteria]),
-            **kwargs,
-        )
+        kv.enter(prepared.session, tokens, self._saved, settings_mod.current().kv_cache_budget_bytes)
+        if not llama_loop.evaluate_prompt(kv, tokens, should_stop, stats):
+            return  # stopped while reading a long prompt
+        sampler = Sampler(self._lc, kv.ctx, kv.vocab, seed=seed, grammar=grammar, history=tokens, **kwargs)
         try:
-            for chunk in completion:
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason"):
-                    engine_finish = choice["finish_reason"]
-                piece = choice["text"]
-                if not piece:
-                    continue
-                if not stops:
-                    yield piece
-                    continue
-                text += piece
-                cut = find_stop(text, stops, emitted)
-                if cut is not None:
-                    if cut > emitted:
-                        yield text[emitted:cut]
-                    hit = True
-                    break
-                safe = len(text) - held_back(text, stops, emitted)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-            if not hit and stops and emitted < len(text):
-                yield text[emitted:]
+            yield from llama_loop.generate(
+                kv,
+                sampler,
+                StopMatcher(stop_list(prepared.stop, extra_stop)),
+                max_tokens=max_tokens,
+                should_stop=should_stop,
+                stats=stats,
+            )
         finally:
-            completion.close()
-        self._record_context(tokens, prepared.text, stats)
-        if stopped and not hit:  # our Stop/deadline ended it: the request counts what streamed
-            stats.n_tokens, stats.finish_reason = max(0, accepted), None
-            return
-        if engine_finish == "stop" and not hit:
-            accepted -= 1  # the end-of-generation token is sampled but is not part of the answer
-        stats.n_tokens = max(0, accepted)
-        stats.finish_reason = "stop" if hit else engine_finish
+            sampler.close()
+            if kv.tokens[: len(tokens)] == tokens:  # what the cache holds, for a conversation's next turn
+                stats.context_tokens = list(kv.tokens)
+                stats.context_text = llama_loop.context_text(kv, prepared.text, len(tokens))
 
-    def _record_context(self, tokens: list[int], text: str, stats: StreamStats) -> None:
-        """What the KV cache holds now (prompt + evaluated generated tokens), for a conversation."""
-        llm = self.llm
-        n = private.n_tokens(llm)
-        ids = private.input_ids(llm)
-        if n < len(tokens) or list(ids[: len(tokens)]) != list(tokens):
-            return
-        generated = [int(t) for t in ids[len(tokens) : n]]
-        stats.context_tokens = list(tokens) + generated
-        stats.context_text = text + llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", errors="ignore")
+    def _stream_vision(
+        self,
+        prepared: Prepared,
+        max_tokens: int,
+        should_stop: Callable[[], bool],
+        stats: StreamStats,
+        seed: int | None,
+        grammar: str | None,
+        extra_stop: Any,
+        kwargs: dict[str, Any],
+    ) -> Generator[str, None, None]:
+        """Images: the vision chat handler evaluates them and streams through llama-cpp-python."""
+        self._kv.clear()  # llama-cpp-python's own calls take the context over
+        if seed is not None and seed >= 0:
+            kwargs["seed"] = seed
+        if grammar is not None:
+            kwargs["grammar"] = self._lc.LlamaGrammar.from_string(grammar, verbose=False)
+        if extra_stop is not None:
+            kwargs["stop"] = extra_stop
+        yield from llama_vision.stream_vision(
+            self.llm, prepared.messages or [], max_tokens=max_tokens, should_stop=should_stop, stats=stats, **kwargs
+        )
 
-    def _evaluate_prompt(
-        self, tokens: list[int], reuse: int, should_stop: Callable[[], bool], stats: StreamStats
-    ) -> bool:
-        """Evaluate a long prompt batch by batch so a deadline or Stop can act between batches.
+    def context_tokens(self) -> list[int]:
+        """The tokens the KV cache holds now (prompt and evaluated answer of the last text request)."""
+        return list(self._kv.tokens)
 
-        llama-cpp-python evaluates the whole prompt in one uninterruptible call. We evaluate all
-        but its last token ourselves; ``create_completion`` then reuses that prefix from the KV cache.
-        Short prompts (one batch) are left to ``create_completion``. Returns False if stopped.
-        """
-        llm = self.llm
-        n_batch = llm.n_batch
-        target = len(tokens) - 1
-        if target - reuse <= n_batch or private.recurrent_or_hybrid(llm):
-            return True
-        private.set_n_tokens(llm, min(private.n_tokens(llm), reuse))
-        first = private.n_tokens(llm)
-        for start in range(first, target, n_batch):
-            stats.prompt_progress(start - first)
-            if should_stop():
-                return False
-            llm.eval(tokens[start : min(start + n_batch, target)])
-        stats.prompt_progress(len(tokens) - first)  # the last token goes with the first sample, at once
-        return not should_stop()
-
-    def _reusable_prefix(self, tokens: list[int]) -> int:
-        """How many leading prompt tokens llama.cpp will reuse from the KV cache."""
-        n = 0
-        for a, b in zip(private.input_ids(self.llm), tokens, strict=False):
-            if a != b:
-                break
-            n += 1
-        return n - 1 if n == len(tokens) and n > 0 else n
+    def forget_context(self) -> None:
+        """Empty the KV cache and drop every saved conversation state (the next prompt is read whole)."""
+        self._kv.clear()
+        self._saved.drop()
 
     # ---- the rest of the Engine protocol -----------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "mlock": self.mlock, "chat_handler": self.chat_handler}
+        kv_states, kv_bytes = self._saved.summary()
+        return {
+            "n_ctx": self.n_ctx,
+            "mlock": self.mlock,
+            "chat_handler": self.chat_handler,
+            "kv_states": kv_states,
+            "kv_bytes": kv_bytes,
+        }
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._saved.drop()
             self.llm.close()
             llama_memory.release_freed_memory()
 

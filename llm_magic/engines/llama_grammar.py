@@ -10,14 +10,14 @@ from ..errors import ConfigError
 from . import llama_private as private
 
 
-def checked_grammar(lc: Any, llm: Any, grammar: Any) -> Any:
-    """A ``LlamaGrammar`` for GBNF text (anything else is passed through), or a ``ConfigError``."""
-    if not isinstance(grammar, str):
-        return grammar
+def checked_grammar(lc: Any, llm: Any, grammar: Any) -> str:
+    """The GBNF text of ``grammar`` (text, or a ``llama_cpp.LlamaGrammar``), checked: a grammar
+    llama.cpp cannot parse is a ``ConfigError`` saying why."""
+    text = grammar if isinstance(grammar, str) else private.grammar_text(grammar)
     with private.capture_native_log(50) as lines:
-        sampler = lc.llama_sampler_init_grammar(private.vocab(llm), grammar.encode("utf-8"), b"root")
+        sampler = lc.llama_sampler_init_grammar(private.vocab(llm), text.encode("utf-8"), b"root")
     if not sampler:
         reason = next((ln.strip() for ln in reversed(lines) if ln.strip()), "it does not parse")
         raise ConfigError(f"invalid GBNF grammar: {reason}")
     lc.llama_sampler_free(sampler)
-    return lc.LlamaGrammar.from_string(grammar, verbose=False)
+    return text

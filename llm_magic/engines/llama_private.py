@@ -2,9 +2,11 @@
 
 llm_magic needs a few things llama-cpp-python does not offer publicly: a way to abandon a load
 (the progress callback), quiet output without swapping the process-wide stdout (the native log
-callback, ``print`` shadowed in its modules), the token buffer and its length (prefix reuse,
-batch-wise prompt evaluation, conversation contexts), the vocabulary (BOS handling, chat
-template tokens, grammar validation), and loading a vision projector at load time.
+callback, ``print`` shadowed in its modules), the native context and vocabulary behind a
+``Llama`` (our generation loop, BOS handling, chat template tokens, grammar validation), the
+token count llama-cpp-python's own calls keep (so they and our loop never mistake each other's
+KV cache), a grammar object's text, and loading a vision projector at load time. The C functions
+the loop calls are public, but their names are checked here too (``LOOP_API``).
 
 Each of those is one small function here; nothing else in llm_magic touches a private name.
 ``check()`` lists the names that moved or vanished in the installed llama-cpp-python (the test
@@ -150,18 +152,14 @@ def native_reason(lines: Iterable[str]) -> str | None:
 # ---- a loaded Llama's internals -----------------------------------------------------------------------
 
 
-def input_ids(llm: Any) -> Any:
-    """The tokens in the KV cache (a numpy array view, ``n_tokens`` long)."""
-    return llm._input_ids
-
-
 def n_tokens(llm: Any) -> int:
-    """How many tokens the KV cache holds."""
+    """How many tokens llama-cpp-python's own calls (``eval``, the vision chat handler) think the
+    KV cache holds. Our loop keeps it at 0 and reads a change as "they used the context"."""
     return int(llm.n_tokens)
 
 
 def set_n_tokens(llm: Any, n: int) -> None:
-    """Forget the KV cache past ``n`` tokens (the next eval trims it)."""
+    """Tell llama-cpp-python's own calls that the KV cache holds ``n`` tokens (0: start afresh)."""
     llm.n_tokens = n
 
 
@@ -183,6 +181,11 @@ def native_context(llm: Any) -> Any:
 def vocab(llm: Any) -> Any:
     """The native ``llama_vocab`` pointer (for ``llama_sampler_init_grammar``)."""
     return llm._model.vocab
+
+
+def grammar_text(grammar: Any) -> str:
+    """The GBNF text a ``llama_cpp.LlamaGrammar`` was built from."""
+    return str(grammar._grammar)
 
 
 def recurrent_or_hybrid(llm: Any) -> bool:
@@ -215,7 +218,43 @@ def chat_formatter(template: str, eos_token: str, bos_token: str) -> ChatRender:
 
 # ---- what we rely on, checked against the installed llama-cpp-python -----------------------------------
 
+# the C functions our generation loop calls (public binding API, but a rename breaks the loop)
+LOOP_API = (
+    "llama_decode",
+    "llama_batch_get_one",
+    "llama_get_memory",
+    "llama_memory_clear",
+    "llama_memory_seq_rm",
+    "llama_state_seq_get_size",
+    "llama_state_seq_get_data",
+    "llama_state_seq_set_data",
+    "llama_get_logits_ith",
+    "llama_vocab_n_tokens",
+    "llama_vocab_is_eog",
+    "llama_token_to_piece",
+    "llama_token_data_array",
+    "llama_token_data_p",
+    "llama_sampler_chain_init",
+    "llama_sampler_chain_default_params",
+    "llama_sampler_chain_add",
+    "llama_sampler_sample",
+    "llama_sampler_apply",
+    "llama_sampler_accept",
+    "llama_sampler_init_greedy",
+    "llama_sampler_init_dist",
+    "llama_sampler_init_top_k",
+    "llama_sampler_init_top_p",
+    "llama_sampler_init_min_p",
+    "llama_sampler_init_temp",
+    "llama_sampler_init_penalties",
+)
 _PROJECTOR_BASES = ("MTMDChatHandler", "Llava15ChatHandler")  # every vision handler derives from one
+
+
+def lc_grammar_class() -> Any:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar
 
 
 def _problem(version: str, name: str, detail: str = "") -> str:
@@ -247,6 +286,7 @@ def _static_problems(version: str) -> list[str]:
             "llama_log_set",
             "llama_sampler_init_grammar",
             "llama_sampler_free",
+            *LOOP_API,
         ),
     )
     fields = {f[0] for f in getattr(getattr(low, "llama_model_params", None), "_fields_", [])}
@@ -265,9 +305,11 @@ def _static_problems(version: str) -> list[str]:
                 "a load can no longer be abandoned",
             )
         )
-    if not isinstance(getattr(llama_module.Llama, "_input_ids", None), property):
-        problems.append(_problem(version, "llama_cpp.llama.Llama._input_ids", "expected a property"))
     need(internals, "llama_cpp._internals", ("LlamaModel",))
+    try:
+        grammar_text(lc_grammar_class().from_string('root ::= "a"', verbose=False))
+    except (AttributeError, TypeError, ValueError) as e:
+        problems.append(_problem(version, "llama_cpp.LlamaGrammar._grammar", f"{type(e).__name__}: {e}"))
     need(getattr(internals, "LlamaModel", None), "llama_cpp._internals.LlamaModel", ("add_bos_token", "token_get_text"))
     need(chat_format, "llama_cpp.llama_chat_format", ("Jinja2ChatFormatter", *_PROJECTOR_BASES))
     for base in _PROJECTOR_BASES:
@@ -290,7 +332,6 @@ def _loaded_problems(version: str, llm: Any) -> list[str]:
         ("llama_cpp.llama.Llama._model.vocab", lambda: vocab(llm)),
         ("llama_cpp._internals.LlamaModel.add_bos_token()", lambda: add_bos(llm)),
         ("llama_cpp._internals.LlamaModel.token_get_text()", lambda: token_text(llm, llm.token_eos())),
-        ("llama_cpp.llama.Llama._input_ids", lambda: len(input_ids(llm))),
         ("llama_cpp.llama.Llama.n_tokens", lambda: int(llm.n_tokens)),
         ("llama_cpp.llama.Llama.n_tokens (assignable)", lambda: set_n_tokens(llm, n_tokens(llm))),
         ("llama_cpp.llama.Llama._ctx.ctx", lambda: native_context(llm)),
@@ -302,10 +343,6 @@ def _loaded_problems(version: str, llm: Any) -> list[str]:
             probe()
         except (AttributeError, TypeError, ValueError, ctypes.ArgumentError) as e:  # it no longer works as we use it
             problems.append(_problem(version, name, f"{type(e).__name__}: {e}"))
-    if not problems and len(input_ids(llm)) != n_tokens(llm):
-        problems.append(
-            _problem(version, "llama_cpp.llama.Llama._input_ids", "it is no longer the n_tokens evaluated tokens")
-        )
     return problems
 
 

@@ -1,0 +1,243 @@
+"""The local engine's generation loop, on llama.cpp's C API through llama-cpp-python's ctypes binding.
+
+``Llama.create_completion`` re-detokenizes the whole answer and rebuilds token lists on every
+step (quadratic in the answer's length) and evaluates a prompt in one uninterruptible call. Here
+one token costs one ``llama_decode`` of a reused one-token batch, one sample (``llama_sampler``),
+one memoised ``llama_token_to_piece`` through an incremental UTF-8 decoder (a character split
+across tokens is emitted whole, never broken) and a stop-string check on a tail window.
+
+``KVContext`` is the model's llama.cpp context as the loop sees it: the tokens its KV cache holds
+(sequence 0), evaluating more, dropping a tail, and saving or restoring the whole sequence so that
+conversations on one model keep their history while another conversation runs (``kv_states``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from . import llama_private as private
+from .base import StreamStats
+from .kv_states import SavedState, SavedStates
+from .llama_sampler import Sampler
+from .stops import StopMatcher
+
+_DECODE_ERRORS = {
+    1: "the context window is full (no KV cache slot for the batch)",
+    2: "aborted",
+    -1: "invalid input batch",
+}
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class KVContext:
+    """What one loaded model's llama.cpp context holds (sequence 0) and the calls that change it."""
+
+    def __init__(self, lc: Any, llm: Any, n_ctx: int):
+        self._lc, self._llm = lc, llm
+        self.ctx = private.native_context(llm)
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.vocab = private.vocab(llm)
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, int(llm.n_batch))
+        self.recurrent = private.recurrent_or_hybrid(llm)
+        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self.owner: str | None = None  # the conversation whose history that is (None: a one-off ask)
+        self._buf = (lc.llama_token * self.n_batch)()
+        self._one = lc.llama_batch_get_one(self._buf, 1)  # the reused one-token batch
+        private.set_n_tokens(llm, 0)  # llama-cpp-python's own view: empty (see claim)
+
+    def claim(self) -> None:
+        """Take the context back from llama-cpp-python's own API (a direct ``Llama`` call): if that
+        evaluated anything since we last used it, what we recorded is void."""
+        if private.n_tokens(self._llm) != 0:
+            self.clear()
+
+    def clear(self) -> None:
+        """Empty the KV cache (and llama-cpp-python's view of it)."""
+        self._lc.llama_memory_clear(self.mem, True)
+        private.set_n_tokens(self._llm, 0)
+        self.tokens, self.owner = [], None
+
+    def keep(self, n: int) -> int:
+        """Drop what the cache holds past its first ``n`` tokens; returns how many it keeps (0 when
+        this memory cannot drop a tail, e.g. a recurrent model)."""
+        if n >= len(self.tokens):
+            return len(self.tokens)
+        if n > 0 and not self.recurrent and self._lc.llama_memory_seq_rm(self.mem, 0, n, -1):
+            del self.tokens[n:]
+            return n
+        owner = self.owner
+        self.clear()
+        self.owner = owner
+        return 0
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        """Evaluate up to ``n_batch`` tokens after what the cache holds (logits for the last one)."""
+        n = len(tokens)
+        self._buf[:n] = tokens
+        batch = self._one if n == 1 else self._lc.llama_batch_get_one(self._buf, n)
+        rc = self._lc.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc}): {_DECODE_ERRORS.get(rc, 'a fatal error')}")
+        self.tokens.extend(tokens)
+
+    def decode_one(self, token: int) -> None:
+        """The hot path: one generated token."""
+        self._buf[0] = token
+        rc = self._lc.llama_decode(self.ctx, self._one)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc}): {_DECODE_ERRORS.get(rc, 'a fatal error')}")
+        self.tokens.append(token)
+
+    # ---- whole-sequence state, for conversations -----------------------------------------------
+
+    def save(self) -> SavedState | None:
+        """A copy of the sequence's KV state in host memory (None if llama.cpp could not write it)."""
+        lc = self._lc
+        size = int(lc.llama_state_seq_get_size(self.ctx, 0))
+        if size <= 0 or not self.tokens:
+            return None
+        data = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(self.ctx, data, size, 0))
+        return SavedState(list(self.tokens), data, written) if written > 0 else None
+
+    def restore(self, state: SavedState) -> bool:
+        """Make the cache hold ``state`` instead of what it holds now. False if llama.cpp refused it
+        (the cache is empty then)."""
+        lc = self._lc
+        lc.llama_memory_seq_rm(self.mem, 0, -1, -1)
+        self.tokens = []
+        if int(lc.llama_state_seq_set_data(self.ctx, state.data, state.nbytes, 0)) <= 0:
+            self.clear()
+            return False
+        self.tokens = list(state.tokens)
+        return True
+
+    def enter(self, owner: str | None, prompt: Sequence[int], states: SavedStates, budget: int) -> None:
+        """Before a request of conversation ``owner`` (None: a one-off ask): the conversation whose
+        history the cache holds is saved if another one takes over, and ``owner``'s saved history
+        comes back when it shares more of ``prompt`` than what the cache holds now."""
+        self.claim()
+        if owner == self.owner:
+            return
+        saved = states.take(owner) if owner is not None else None
+        if self.owner is not None and budget > 0:
+            state = self.save()
+            if state is not None:
+                states.put(self.owner, state, budget)
+        if saved is not None and common_prefix(saved.tokens, prompt) > common_prefix(self.tokens, prompt):
+            self.restore(saved)
+        self.owner = owner
+
+
+class Detokenizer:
+    """Token → text, incrementally: bytes of an unfinished UTF-8 character wait for the next token."""
+
+    def __init__(self, lc: Any, vocab: Any):
+        self._lc, self._vocab = lc, vocab
+        self._buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def piece(self, token: int) -> bytes:
+        """The token's bytes (special tokens render as nothing, as in llama-cpp-python)."""
+        data = self._pieces.get(token)
+        if data is None:
+            n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+            if n < 0:  # the buffer was too small: -n bytes are needed
+                self._buf = ctypes.create_string_buffer(-n)
+                n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+            data = self._pieces[token] = self._buf.raw[: max(0, n)]
+        return data
+
+    def text(self, token: int) -> str:
+        return self._decoder.decode(self.piece(token))
+
+
+def evaluate_prompt(kv: KVContext, tokens: list[int], should_stop: Callable[[], bool], stats: StreamStats) -> bool:
+    """Reuse the longest cached prefix, then evaluate the rest batch by batch so a deadline or Stop
+    acts between batches (the last token always: its logits choose the first answer token).
+    Returns False if stopped."""
+    kept = kv.keep(min(common_prefix(kv.tokens, tokens), len(tokens) - 1))
+    stats.n_prompt_tokens = len(tokens)
+    stats.n_prompt_evaluated = len(tokens) - kept
+    todo = len(tokens) - kept
+    for start in range(kept, len(tokens), kv.n_batch):
+        if todo > kv.n_batch:
+            stats.prompt_progress(start - kept)
+        if should_stop():
+            return False
+        kv.decode(tokens[start : start + kv.n_batch])
+    if todo > kv.n_batch:
+        stats.prompt_progress(todo)
+    return True
+
+
+def generate(
+    kv: KVContext,
+    sampler: Sampler,
+    stops: StopMatcher,
+    *,
+    max_tokens: int,
+    should_stop: Callable[[], bool],
+    stats: StreamStats,
+) -> Generator[str, None, None]:
+    """Sample, emit and evaluate one token at a time after the prompt was evaluated.
+
+    ``should_stop`` is polled before every sample, so a Stop or deadline ends the answer within one
+    token (``finish_reason`` None: the request says why). End of generation comes from the
+    vocabulary (``llama_vocab_is_eog``) and is not part of the answer; ``n_tokens`` counts exactly
+    the tokens whose text the answer holds (a stop string's tokens included, as before)."""
+    lc, vocab = kv._lc, kv.vocab
+    detok = Detokenizer(lc, vocab)
+    eog: dict[int, bool] = {}
+    room = kv.n_ctx - len(kv.tokens)  # KV cells left: every token but the last one needs one
+    n = 0
+    finish: str | None = None
+    while True:
+        if should_stop():
+            break
+        token = sampler.sample()
+        if stats.first_sample_at is None:
+            stats.first_sample_at = time.monotonic()
+        end = eog.get(token)
+        if end is None:
+            end = eog[token] = bool(lc.llama_vocab_is_eog(vocab, token))
+        if end:
+            finish = "stop"
+            break
+        n += 1
+        stats.n_tokens = n
+        text = stops.feed(detok.text(token))
+        if text:
+            yield text
+        if stops.hit:
+            finish = "stop"
+            break
+        if n >= max_tokens or n >= room:
+            finish = "length"
+            break
+        kv.decode_one(token)
+    stats.finish_reason = finish
+    rest = stops.flush()  # held back for a stop string that never came
+    if rest:
+        yield rest
+
+
+def context_text(kv: KVContext, prompt_text: str, n_prompt: int) -> str:
+    """The text of what the cache holds: the prompt's text, then the generated tokens it evaluated."""
+    detok = Detokenizer(kv._lc, kv.vocab)
+    return prompt_text + b"".join(detok.piece(t) for t in kv.tokens[n_prompt:]).decode("utf-8", errors="ignore")
