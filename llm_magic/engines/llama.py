@@ -1,13 +1,16 @@
 """In-process engine: llama-cpp-python.
 
-One ``LocalModel`` wraps one ``llama_cpp.Llama``. It knows how to build a prompt for that model
-(chat template when the GGUF has one, a question/answer completion prompt when it doesn't, or the
-raw text) and how to stream a completion that stops within one token when asked to.
+One ``LocalModel`` wraps one ``llama_cpp.Llama``: it loads the model (with the llama.cpp options
+of ``llama_options``), builds a prompt the way the model expects it (chat template when the GGUF
+has one, a question/answer completion prompt when it doesn't, or the raw text) and streams an
+answer through our own generation loop (``llama_loop``), which stops within one token when asked.
 A ``Llama`` is not thread-safe: the model's queue (``model_queue.ModelQueue``, one slot) makes
 sure one request at a time calls ``prepare`` and ``stream``.
 
-Helpers, one job each: ``llama_private`` (every private llama-cpp-python name), ``llama_vision``
-(chat handlers for a projector), ``llama_memory`` (mlock, freeing memory), ``stops`` (stop strings).
+Helpers, one job each: ``llama_loop`` (decoding, the KV cache, saved conversation states),
+``llama_sampler`` (choosing tokens), ``llama_private`` (every private llama-cpp-python name),
+``llama_vision`` (chat handlers for a projector), ``llama_memory`` (mlock, freeing memory),
+``llama_grammar`` (checking GBNF), ``stops`` (stop strings).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .. import settings as settings_mod
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
 from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
-from . import kv_states, llama_loop, llama_memory, llama_vision
+from . import kv_states, llama_loop, llama_memory, llama_options, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
 from .llama_grammar import checked_grammar
@@ -77,6 +80,7 @@ class LocalModel:
         self._bos_text = ""
         self._kv = llama_loop.KVContext(self._lc, llm, n_ctx)  # what the KV cache holds
         self._saved = kv_states.SavedStates()  # other conversations' KV state, while one runs
+        self.device: dict[str, Any] = {}  # device, gpu_layers, flash_attn, kv_type (llama_options)
 
     @property
     def closed(self) -> bool:
@@ -98,9 +102,10 @@ class LocalModel:
         trained = _trained_context(path)
         if trained and n_ctx > trained:
             n_ctx = trained
+        options = llama_options.llama_kwargs(spec)  # checked before anything loads
         use_mlock, mlock = llama_memory.plan_mlock(spec.use_mlock, size)
         handler, handler_name = llama_vision.vision_handler(spec) if spec.mmproj else (None, None)
-        with private.capture_native_log() as lines, private.abortable_load(abort):
+        with private.capture_native_log(5000) as lines, private.abortable_load(abort):
             try:
                 llm = lc.Llama(
                     model_path=path,
@@ -112,6 +117,7 @@ class LocalModel:
                     use_mlock=use_mlock,
                     chat_handler=handler,
                     verbose=True,  # see llama_private.install_hooks: output is routed, not printed
+                    **options,
                 )
             except ValueError as e:
                 if abort is not None and abort.is_set():
@@ -125,7 +131,7 @@ class LocalModel:
             mlock = llama_memory.REFUSED_BY_OS
         # llama.cpp may pad the KV cache beyond n_ctx, but llama-cpp-python sizes its token
         # buffer to the n_ctx we asked for: the smaller one is the real limit.
-        return cls(
+        model = cls(
             spec,
             llm,
             n_ctx=min(n_ctx, llm.n_ctx()),
@@ -133,6 +139,8 @@ class LocalModel:
             chat_template=llm.metadata.get("tokenizer.chat_template"),
             chat_handler=handler_name,
         )
+        model.device = llama_options.device_info(llm, spec, lines)
+        return model
 
     # ---- prompting -----------------------------------------------------------------------
 
@@ -317,6 +325,7 @@ class LocalModel:
             "chat_handler": self.chat_handler,
             "kv_states": kv_states,
             "kv_bytes": kv_bytes,
+            **self.device,
         }
 
     def close(self) -> None:

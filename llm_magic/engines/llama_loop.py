@@ -74,8 +74,11 @@ class KVContext:
     def keep(self, n: int) -> int:
         """Drop what the cache holds past its first ``n`` tokens; returns how many it keeps (0 when
         this memory cannot drop a tail, e.g. a recurrent model)."""
-        if n >= len(self.tokens):
-            return len(self.tokens)
+        n = min(n, len(self.tokens))
+        if self.recurrent and n == len(self.tokens):
+            return n  # nothing to drop (a recurrent state cannot lose a tail)
+        # Always asked, even with nothing recorded past n: a decode that an interrupt cut off
+        # between llama.cpp's return and our record leaves a cell we do not know about.
         if n > 0 and not self.recurrent and self._lc.llama_memory_seq_rm(self.mem, 0, n, -1):
             del self.tokens[n:]
             return n
