@@ -56,7 +56,8 @@ if [[ "${GPU_CHECK_SKIP_BUILD:-0}" != "1" ]]; then
     configure() {
         rm -rf "$BUILD"
         # shellcheck disable=SC2086  # CMAKE_ARGS is a list of -D flags
-        cmake -S "$SRC" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_CCACHE=OFF \
+        # LLAVA_BUILD=OFF: no libmtmd (vision only; llm_magic loads text models without it)
+        cmake -S "$SRC" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_CCACHE=OFF -DLLAVA_BUILD=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
             -DCMAKE_INSTALL_PREFIX="$BUILD/prefix" -DSKBUILD_PLATLIB_DIR="$BUILD/platlib" \
             $CMAKE_ARGS "$@" >"$OUT/build.log" 2>&1
