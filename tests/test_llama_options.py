@@ -138,6 +138,16 @@ def test_a_quantized_kv_cache_with_flash_attention_loads_and_generates(wide_mode
         assert info["device"] == "CPU" and info["gpu_layers"] == "0/3"  # 2 blocks + the output layer
 
 
+def test_through_llm_magic_the_row_says_what_runs(wide_model):
+    llm_magic.current_settings().models = {"q": {"path": wide_model, "type_k": "q8_0", "type_v": "q8_0"}}
+    answer = llm_magic.ask("hello", model="q", max_tokens=6, temperature=0)
+    assert answer.n_tokens == 6
+    row = next(r for r in llm_magic.models() if r["name"] == "q")
+    assert (row["flash_attn"], row["kv_type"]) == ("on", "q8_0/q8_0")
+    if not GPU_BUILD:
+        assert (row["device"], row["gpu_layers"]) == ("CPU", "0/3")
+
+
 def test_flash_attention_off_is_what_llama_cpp_runs(wide_model):
     spec = ModelSpec(path=wide_model, flash_attn="off", type_k="q8_0")  # a quantized K alone needs no flash attention
     llm, lines = load(wide_model, spec)
