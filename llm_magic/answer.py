@@ -48,6 +48,8 @@ class Answer(str):
             "ttft_s": None,
             "total_s": 0.0,
             "tokens_per_s": None,
+            "n_drafted": 0,  # --draft lookup: tokens guessed, and how many the model kept
+            "n_accepted": 0,
             "model": "",
             "error": None,
             "timeout": None,
@@ -173,5 +175,7 @@ def build_answer(
         ttft_s=(first - started) if first is not None else None,
         total_s=end - started,
         tokens_per_s=tps,
+        n_drafted=stats.n_drafted if stats else 0,
+        n_accepted=stats.n_accepted if stats else 0,
         **meta,
     )

@@ -29,7 +29,9 @@ SAMPLING_KEYS = (
     "seed",
     "stop",
     "grammar",
+    "draft",
 )
+DRAFTS = ("lookup", "none")  # draft: guess tokens from the text so far (greedy, local models)
 
 # Options a model alias (an entry of ``models``) may carry, and their types.
 SPEC_TYPES: dict[str, type] = {
@@ -89,6 +91,8 @@ def check_request(timeout: float | None, max_tokens: int | None, sampling: Mappi
     for key, (ok, rule) in _SAMPLING_RULES.items():
         if sampling.get(key) is not None and not ok(sampling[key]):
             raise ConfigError(f"{key} must be {rule}, got {sampling[key]}")
+    if sampling.get("draft") is not None and sampling["draft"] not in DRAFTS:
+        raise ConfigError(f"draft must be one of {', '.join(DRAFTS)}, got {sampling['draft']!r}")
     stop = sampling.get("stop")
     if stop is not None and not stops_ok(stop):
         raise ConfigError(f"stop must be a string or a list of non-empty strings, got {stop!r}")

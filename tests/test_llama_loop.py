@@ -196,3 +196,43 @@ def test_a_decode_the_record_missed_is_dropped_before_the_next_prompt(tiny_model
     again = llm_magic.ask("hello", model=tiny_model, max_tokens=8, temperature=0, raw=True)
     assert again == first and again.n_prompt_evaluated == 1  # the stray cell went, the prefix stayed
     held_tokens(model)  # llama.cpp holds exactly what we recorded
+
+
+# ---- prompt lookup (--draft lookup) ----------------------------------------------------------------
+
+
+def test_find_draft_takes_what_followed_the_latest_match():
+    from llm_magic.engines.llama_lookup import find_draft
+
+    history = [1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7, 2, 3, 4]
+    assert find_draft(history, 3) == [6, 7, 2]  # "2 3 4" last seen before 6 7 ...
+    assert find_draft([5, 6, 7, 8, 6], 8) == [7, 8, 6]  # falls back to one token
+    assert find_draft([1, 2, 3], 8) == [] and find_draft([1, 1], 0) == []
+
+
+def test_prompt_lookup_gives_the_greedy_text_and_drafts_from_the_prompt(tiny_model):
+    plain = llm_magic.ask("hello", model=tiny_model, max_tokens=60, temperature=0, raw=True)
+    prompt = f"hello{plain.text}\n\nhello"
+    plain = llm_magic.ask(prompt, model=tiny_model, max_tokens=60, temperature=0, raw=True)
+    fast = llm_magic.ask(prompt, model=tiny_model, max_tokens=60, temperature=0, raw=True, draft="lookup")
+    assert fast == plain and fast.n_tokens == plain.n_tokens == 60 and fast.finish_reason == "length"
+    assert fast.n_drafted > 0 and plain.n_drafted == 0  # (this random model rarely agrees: see test_default_model)
+    held_tokens(loaded(tiny_model))  # the rejected drafts' cells are gone: llama.cpp holds what we recorded
+
+
+def test_prompt_lookup_keeps_stops_and_stop_strings(tiny_model):
+    base = llm_magic.ask("hello", model=tiny_model, max_tokens=40, temperature=0, raw=True)
+    prompt = f"hello{base.text}\n\nhello"
+    plain = llm_magic.ask(prompt, model=tiny_model, max_tokens=40, temperature=0, raw=True)
+    stop = plain.text[20:24]
+    cut = llm_magic.ask(prompt, model=tiny_model, max_tokens=40, temperature=0, raw=True, draft="lookup", stop=stop)
+    assert cut.text == plain.text[: plain.text.index(stop)] and cut.finish_reason == "stop"
+    s = llm_magic.stream(prompt, model=tiny_model, max_tokens=1000, temperature=0, raw=True, draft="lookup")
+    got = []
+    for chunk in s:
+        got.append(chunk)
+        if len(got) == 5:
+            s.stop()
+    assert s.answer.finish_reason == "cancelled" and s.answer.text == "".join(got)
+    with pytest.raises(ConfigError, match="draft must be one of lookup, none"):
+        llm_magic.ask("x", model=tiny_model, draft="ngram")

@@ -44,6 +44,8 @@ class StreamStats:
     n_tokens: int = 0
     finish_reason: str | None = None  # "stop" or "length" from the engine; None when stopped by us
     first_sample_at: float | None = None  # monotonic time the first token was sampled
+    n_drafted: int = 0  # --draft lookup: tokens guessed, and how many of them the model kept
+    n_accepted: int = 0
     context_tokens: list[int] | None = None  # prompt + generated tokens in the KV cache afterwards
     context_text: str | None = None
     cancel: Callable[[], None] | None = None  # set by an engine that can abort at once from another thread

@@ -29,6 +29,7 @@ from . import kv_states, llama_loop, llama_memory, llama_options, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
 from .llama_grammar import checked_grammar
+from .llama_lookup import generate_lookup
 from .llama_sampler import Sampler
 from .stops import StopMatcher, stop_list
 
@@ -255,6 +256,7 @@ class LocalModel:
         self._check_open()
         seed = sampling.pop("seed", None)
         grammar = sampling.pop("grammar", None)
+        draft = sampling.pop("draft", None)
         extra_stop = sampling.pop("stop", None)
         kwargs = {k: v for k, v in sampling.items() if v is not None}
         if grammar is not None:
@@ -268,15 +270,14 @@ class LocalModel:
         if not llama_loop.evaluate_prompt(kv, tokens, should_stop, stats):
             return  # stopped while reading a long prompt
         sampler = Sampler(self._lc, kv.ctx, kv.vocab, seed=seed, grammar=grammar, history=tokens, **kwargs)
+        stops = StopMatcher(stop_list(prepared.stop, extra_stop))
         try:
-            yield from llama_loop.generate(
-                kv,
-                sampler,
-                StopMatcher(stop_list(prepared.stop, extra_stop)),
-                max_tokens=max_tokens,
-                should_stop=should_stop,
-                stats=stats,
-            )
+            if draft == "lookup" and sampler.plain_greedy:
+                yield from generate_lookup(kv, stops, max_tokens=max_tokens, should_stop=should_stop, stats=stats)
+            else:
+                yield from llama_loop.generate(
+                    kv, sampler, stops, max_tokens=max_tokens, should_stop=should_stop, stats=stats
+                )
         finally:
             sampler.close()
             if kv.tokens[: len(tokens)] == tokens:  # what the cache holds, for a conversation's next turn

@@ -189,6 +189,41 @@ def evaluate_prompt(kv: KVContext, tokens: list[int], should_stop: Callable[[], 
     return True
 
 
+class Answer:
+    """The answer side of the loop: each chosen token becomes text, a count, and perhaps the end.
+
+    End of generation comes from the vocabulary (``llama_vocab_is_eog``) and is not part of the
+    answer; ``n`` counts exactly the tokens whose text the answer holds (a stop string's tokens
+    included). The context window bounds it: every token but the last needs a KV cell."""
+
+    def __init__(self, kv: KVContext, stops: StopMatcher, max_tokens: int, stats: StreamStats):
+        self._lc, self._vocab = kv._lc, kv.vocab
+        self._detok = Detokenizer(kv._lc, kv.vocab)
+        self._eog: dict[int, bool] = {}
+        self._stops = stops
+        self._stats = stats
+        self.limit = min(max_tokens, kv.n_ctx - len(kv.tokens))
+        self.n = 0
+
+    def take(self, token: int) -> tuple[str, str | None]:
+        """(text to emit now, finish reason — None to go on) for the next token of the answer."""
+        end = self._eog.get(token)
+        if end is None:
+            end = self._eog[token] = bool(self._lc.llama_vocab_is_eog(self._vocab, token))
+        if end:
+            return "", "stop"
+        self.n += 1
+        self._stats.n_tokens = self.n
+        text = self._stops.feed(self._detok.text(token))
+        if self._stops.hit:
+            return text, "stop"
+        return text, "length" if self.n >= self.limit else None
+
+    def rest(self) -> str:
+        """Text held back for a stop string that never came."""
+        return self._stops.flush()
+
+
 def generate(
     kv: KVContext,
     sampler: Sampler,
@@ -201,41 +236,21 @@ def generate(
     """Sample, emit and evaluate one token at a time after the prompt was evaluated.
 
     ``should_stop`` is polled before every sample, so a Stop or deadline ends the answer within one
-    token (``finish_reason`` None: the request says why). End of generation comes from the
-    vocabulary (``llama_vocab_is_eog``) and is not part of the answer; ``n_tokens`` counts exactly
-    the tokens whose text the answer holds (a stop string's tokens included, as before)."""
-    lc, vocab = kv._lc, kv.vocab
-    detok = Detokenizer(lc, vocab)
-    eog: dict[int, bool] = {}
-    room = kv.n_ctx - len(kv.tokens)  # KV cells left: every token but the last one needs one
-    n = 0
+    token (``finish_reason`` None: the request says why)."""
+    answer = Answer(kv, stops, max_tokens, stats)
     finish: str | None = None
-    while True:
-        if should_stop():
-            break
+    while not should_stop():
         token = sampler.sample()
         if stats.first_sample_at is None:
             stats.first_sample_at = time.monotonic()
-        end = eog.get(token)
-        if end is None:
-            end = eog[token] = bool(lc.llama_vocab_is_eog(vocab, token))
-        if end:
-            finish = "stop"
-            break
-        n += 1
-        stats.n_tokens = n
-        text = stops.feed(detok.text(token))
+        text, finish = answer.take(token)
         if text:
             yield text
-        if stops.hit:
-            finish = "stop"
-            break
-        if n >= max_tokens or n >= room:
-            finish = "length"
+        if finish is not None:
             break
         kv.decode_one(token)
     stats.finish_reason = finish
-    rest = stops.flush()  # held back for a stop string that never came
+    rest = answer.rest()
     if rest:
         yield rest
 

@@ -99,6 +99,11 @@ class Sampler:
             lc.llama_sampler_chain_add(chain, part)  # the chain owns (and frees) its parts
         return chain
 
+    @property
+    def plain_greedy(self) -> bool:
+        """An argmax and nothing else (no penalties, no grammar): what prompt lookup can check in a batch."""
+        return self._chain is None and self._grammar is None
+
     def logits(self) -> np.ndarray:
         """The last decode's logits as a numpy view of llama.cpp's buffer (valid until the next decode)."""
         pointer = self._lc.llama_get_logits_ith(self._ctx, -1)

@@ -48,6 +48,7 @@ ASK_OPTIONS = (
     "presence_penalty",
     "seed",
     "stop",
+    "draft",
     "format",
 )
 COMMAND_MODULES = (model_commands, session_commands)  # importing them fills the %llm table
@@ -115,6 +116,12 @@ class AskMagics(Magics, Settings):
         help="Lower the odds of any token that already appeared (0 = off).",
     )
     @argument("--seed", type=int, help="Sampling seed, for repeatable answers.")
+    @argument(
+        "--draft",
+        choices=("lookup", "none"),
+        help="lookup: guess the next tokens from the prompt and answer so far and check them in one batch "
+        "(greedy answers that copy from the prompt, e.g. edits of code, come faster; the text is the same).",
+    )
     @argument("--stop", action="append", metavar="TEXT", help="Stop at this text (repeatable).")
     @argument(
         "--image",

@@ -1,0 +1,136 @@
+"""Prompt-lookup decoding (``--draft lookup``): guess the next tokens from the text so far, check
+the guesses in one batched decode, keep the ones the model agrees with.
+
+An answer that copies from its prompt — "add type hints to this function: …", "fix the typo in
+…" — repeats long runs of tokens the context already holds. After each token we look for the
+latest earlier place where the last few tokens (3, then 2, then 1) occurred and take up to
+``DRAFT_MAX`` tokens that followed there as a draft. The draft is decoded together with the
+token in one batch that asks for every position's logits; the model's own greedy choice at each
+position accepts a drafted token or replaces it, and the KV cells of rejected drafts are dropped.
+Greedy only: the text is the plain greedy loop's (each kept token is the argmax after exactly the
+tokens before it), while a batch of several tokens costs little more than one on a CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import StreamStats
+from .llama_loop import Answer, KVContext
+from .stops import StopMatcher
+
+DRAFT_MAX = 8  # most drafted tokens checked per decode
+NGRAM_MAX = 3  # longest run of tokens matched against the history
+
+
+def find_draft(history: Sequence[int], limit: int = DRAFT_MAX) -> list[int]:
+    """Tokens that followed the latest earlier occurrence of the history's last 3 (then 2, 1) tokens."""
+    if limit <= 0:
+        return []
+    size = len(history)
+    for n in range(min(NGRAM_MAX, size - 1), 0, -1):
+        tail = list(history[size - n :])
+        for start in range(size - n - 1, -1, -1):  # latest first; the tail itself is excluded
+            if history[start] == tail[0] and list(history[start : start + n]) == tail:
+                follow = list(history[start + n : start + n + limit])
+                if follow:
+                    return follow
+    return []
+
+
+class _Batch:
+    """A reused ``llama_batch`` of sequence 0 that asks for every position's logits."""
+
+    def __init__(self, lc: Any, size: int):
+        self._lc = lc
+        self.size = size
+        self.batch = lc.llama_batch_init(size, 0, 1)
+
+    def fill(self, tokens: Sequence[int], first_pos: int) -> Any:
+        b = self.batch
+        for i, token in enumerate(tokens):
+            b.token[i] = token
+            b.pos[i] = first_pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1
+        b.n_tokens = len(tokens)
+        return b
+
+    def free(self) -> None:
+        self._lc.llama_batch_free(self.batch)
+
+
+def generate_lookup(
+    kv: KVContext,
+    stops: StopMatcher,
+    *,
+    max_tokens: int,
+    should_stop: Callable[[], bool],
+    stats: StreamStats,
+) -> Generator[str, None, None]:
+    """Greedy generation with prompt-lookup drafts (same contract as ``llama_loop.generate``)."""
+    lc, ctx = kv._lc, kv.ctx
+    n_vocab = int(lc.llama_vocab_n_tokens(kv.vocab))
+    answer = Answer(kv, stops, max_tokens, stats)
+    batch = _Batch(lc, min(DRAFT_MAX + 1, kv.n_batch))
+    history = list(kv.tokens)
+    finish: str | None = None
+
+    def argmax(i: int) -> int:
+        address = ctypes.cast(lc.llama_get_logits_ith(ctx, i), ctypes.c_void_p).value
+        if not address:
+            raise RuntimeError("llama.cpp returned no logits for a drafted position")
+        row = (ctypes.c_float * n_vocab).from_address(address)
+        return int(np.frombuffer(memoryview(row).cast("B"), dtype=np.float32).argmax())
+
+    try:
+        token = argmax(-1)  # the prompt's last position
+        stats.first_sample_at = time.monotonic()
+        while not should_stop():
+            text, finish = answer.take(token)
+            if text:
+                yield text
+            if finish is not None:
+                break
+            history.append(token)
+            room = min(batch.size - 1, answer.limit - answer.n, kv.n_ctx - len(kv.tokens) - 1)
+            draft = find_draft(history, room)
+            base = len(kv.tokens)
+            if not draft:
+                kv.decode_one(token)
+                token = argmax(-1)
+                continue
+            rc = lc.llama_decode(ctx, batch.fill([token, *draft], base))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed ({rc}) on a drafted batch")
+            kv.tokens.extend([token, *draft])
+            stats.n_drafted += len(draft)
+            kept = 0
+            token = argmax(0)
+            while kept < len(draft) and token == draft[kept]:  # the model agrees: the draft token is its choice
+                if should_stop():
+                    break
+                text, finish = answer.take(token)
+                if text:
+                    yield text
+                if finish is not None:
+                    break
+                history.append(token)
+                kept += 1
+                token = argmax(kept)
+            stats.n_accepted += kept
+            kv.keep(base + 1 + kept)  # the rejected drafts' cells go
+            if finish is not None:
+                break
+    finally:
+        batch.free()
+    stats.finish_reason = finish
+    rest = answer.rest()
+    if rest:
+        yield rest
