@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+# BENCH_RESULTS=DIR writes the results elsewhere and BENCH_NO_README=1 leaves the README alone
+# (`run.py --out DIR --no-readme`: development runs that must not replace the committed numbers)
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "benchmarks" / "results")
 README = ROOT / "README.md"
 
 
@@ -77,6 +79,8 @@ def write_results(name: str, data: dict[str, Any], table: str) -> None:
 
 def update_readme(name: str, table: str) -> None:
     """Replace the text between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->``."""
+    if os.environ.get("BENCH_NO_README"):
+        return
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     text = README.read_text()
     if start not in text:
@@ -234,3 +238,148 @@ if not _extra_buffers() and not getattr(_low.llama_model_default_params, "_bench
 def same_params_as_llm_magic() -> None:
     """Apply ``PLAIN_PARAMS`` in this process (before building a plain ``llama_cpp.Llama``)."""
     exec(PLAIN_PARAMS, {})
+
+
+# ---- llama.cpp's llama-bench -----------------------------------------------------------------------
+
+
+def llama_bench(
+    binary: Path | str,
+    model: str,
+    threads: int,
+    *,
+    n_prompt: int = 0,
+    n_gen: int = 128,
+    depths: Iterable[int] = (0,),
+    fa: Iterable[str] = ("off",),
+    reps: int = 1,
+    timeout: float = 1800,
+) -> list[dict[str, Any]]:
+    """One ``llama-bench`` run: a test per (flash attention, depth), ``-r reps`` each.
+
+    Each row: ``n_prompt``, ``n_gen``, ``n_depth``, ``fa`` ("on"/"off"), ``avg_ts`` (tokens/s),
+    ``samples_ts`` and the command line. ``--repack 0`` where llm_magic loads without llama.cpp's
+    extra buffer types (AMX CPUs), so both sides run the same kernels."""
+    from llm_magic.engines.llama_memory import use_extra_buffers
+
+    cmd = [str(binary), "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads)]
+    cmd += ["-d", ",".join(str(d) for d in depths), "-fa", ",".join(fa), "-r", str(reps), "-o", "json"]
+    if not use_extra_buffers():
+        cmd += ["--repack", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    rows = []
+    for row in json.loads(proc.stdout):
+        rows.append(
+            {
+                "n_prompt": row["n_prompt"],
+                "n_gen": row["n_gen"],
+                "n_depth": row.get("n_depth", 0),
+                "fa": "on" if row.get("flash_attn") in (1, True, "on", "enabled") else "off",
+                "avg_ts": row["avg_ts"],
+                "samples_ts": row.get("samples_ts"),
+                "n_threads": row.get("n_threads"),
+                "build_commit": row.get("build_commit"),
+                "cmd": "llama-bench " + " ".join(Path(c).name if c == model else c for c in cmd[1:]),
+            }
+        )
+    return rows
+
+
+def pick(rows: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    """The llama-bench rows whose fields equal ``match`` (e.g. ``n_depth=0, fa="on"``)."""
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def lb_summary(runs: list[list[dict[str, Any]]], **match: Any) -> dict[str, float]:
+    """Summary of llama-bench's tokens/s over several runs, for the rows matching ``match``."""
+    return summary(r["avg_ts"] for run in runs for r in pick(run, **match))
+
+
+def best_fa(runs: list[list[dict[str, Any]]], **match: Any) -> tuple[dict[str, float], str]:
+    """Summary of the faster flash-attention setting (by median) over several llama-bench runs."""
+    by_fa = {fa: lb_summary(runs, fa=fa, **match) for fa in ("off", "on")}
+    by_fa = {k: v for k, v in by_fa.items() if v["n"]}
+    if not by_fa:
+        return summary([]), "?"
+    fa = max(by_fa, key=lambda k: by_fa[k]["median"])
+    return by_fa[fa], fa
+
+
+def llama_bench_binary() -> tuple[Path | None, str]:
+    """The cached llama-bench (built once, see llama_bench_build.py), or None and why not."""
+    from llama_bench_build import build
+
+    return build(log=lambda s: print(s, file=sys.stderr))
+
+
+# ---- llm_magic's side ------------------------------------------------------------------------------
+
+
+def local_model(name: str) -> Any:
+    """The loaded engine (``LocalModel``) of ``name`` (a path or an alias), loading it if needed."""
+    import llm_magic
+    from llm_magic.runtime import get as _runtime
+    from llm_magic.specs import resolve
+
+    entry = _runtime().cache.entry(resolve(name))
+    if entry is None or entry.state != "ready" or entry.model is None:
+        llm_magic.ask("warm up", model=name, max_tokens=4, temperature=0)
+        entry = _runtime().cache.entry(resolve(name))
+    assert entry is not None and entry.model is not None, f"{name} did not load"
+    return entry.model
+
+
+def forget_context(local: Any) -> None:
+    """Clear the model's KV cache (and, with the new engine, its saved conversation states), so the
+    next prompt is evaluated from scratch. ``LocalModel.forget_context`` where it exists."""
+    if hasattr(local, "forget_context"):
+        local.forget_context()
+    else:
+        local.llm.reset()
+
+
+def flash_attn_setting(local: Any) -> str:
+    """The loaded model's flash-attention setting: the ``flash_attn`` model option ("auto", "on",
+    "off") where llm_magic has it, else what the context was created with."""
+    return str(getattr(local.spec, "flash_attn", None) or flash_attn_runs(local))
+
+
+def flash_attn_runs(local: Any) -> str:
+    """ "on" or "off": what the loaded ``Llama``'s context was created with (llama.cpp's "auto"
+    turns it on for the CPU)."""
+    kind = getattr(getattr(local.llm, "context_params", None), "flash_attn_type", None)
+    return "off" if kind == 0 else "on"
+
+
+def arrival_times(marks: list[tuple[int, float]]) -> list[float]:
+    """``t[k]``: when the k-th generated token (1-based) had arrived (``t[0]`` unused)."""
+    times: list[float] = [float("nan")]
+    for n, t in marks:
+        while len(times) <= n:
+            times.append(t)
+    return times
+
+
+def rate_between(times: list[float], a: int, b: int) -> float | None:
+    """Tokens/s from token ``a`` to token ``b`` (1-based arrivals), None if the answer is shorter."""
+    a = max(a, 1)
+    if b >= len(times) or b <= a or times[b] <= times[a]:
+        return None
+    return (b - a) / (times[b] - times[a])
+
+
+def not_measured(why: str) -> str:
+    return f"not measured: {why}"
+
+
+def guarded(errors: dict[str, str], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one measurement; on failure record why under ``name`` and return None (the others go on)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - one broken side must not lose the others
+        msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
+        errors.setdefault(name, msg)
+        print(f"{name} failed: {msg}", file=sys.stderr, flush=True)
+        return None

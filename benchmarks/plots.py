@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,77 @@ def _strip(ax, groups: dict[str, list[float]], ylabel: str, log: bool = False) -
     ax.grid(axis="y", alpha=0.3)
 
 
-def tokens_per_s(stream: dict[str, Any], out: Path) -> Path:
+def tokens_per_s(stream: dict[str, Any] | None, engine: dict[str, Any] | None, out: Path) -> Path:
+    """Tokens/s of 128-token answers: %%ask and the engine in a kernel, llm_magic.stream greedy and
+    sampled, llama-bench tg with flash attention off and on."""
     plt = _plt()
-    s = stream["streaming"]
-    groups = {
-        "%%ask\n(kernel)": [r["tokens_per_s"] for r in s["ours"] if r.get("tokens_per_s")],
-        "direct create_completion\n(same kernel)": [r["tokens_per_s"] for r in s["direct"] if r.get("tokens_per_s")],
-        f"llama-bench\ntg{s['max_tokens']}": [r["avg_ts"] for r in s["llama_bench_tg"]],
-    }
-    fig, ax = plt.subplots(figsize=(7, 4))
+    groups: dict[str, list[float]] = {}
+    if stream is not None:
+        s = stream["streaming"]
+        groups["%%ask\n(kernel)"] = [r["tokens_per_s"] for r in s["ours"] if r.get("tokens_per_s")]
+        groups["engine direct\n(same kernel)"] = [r["tokens_per_s"] for r in s["direct"] if r.get("tokens_per_s")]
+    if engine is not None:
+        r = engine["results"]
+        groups["llm_magic.stream\ngreedy"] = [x["tokens_per_s"] for x in r.get("greedy", []) if x.get("tokens_per_s")]
+        groups["llm_magic.stream\nsampling"] = [
+            x["tokens_per_s"] for x in r.get("sampling", []) if x.get("tokens_per_s")
+        ]
+        n = engine["max_tokens"]
+        for fa in ("off", "on"):
+            groups[f"llama-bench tg{n}\nfa {fa}"] = [
+                row["avg_ts"]
+                for run in r.get("llama_bench", [])
+                for row in run
+                if row["fa"] == fa and row["n_prompt"] == 0 and row["n_gen"] == n
+            ]
+    fig, ax = plt.subplots(figsize=(9, 4))
     _strip(ax, groups, "tokens/s (higher is better)")
-    ax.set_title(f"Generation speed, {s['reps']} interleaved repetitions")
+    ax.set_title("Generation speed, 128-token answers, interleaved repetitions")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def positions(data: dict[str, Any], out: Path) -> Path:
+    """Tokens/s against the position in the answer: llm_magic (median, min–max band), plain
+    create_completion, llama-bench tg at that depth, and 95% of llama-bench."""
+    plt = _plt()
+    w = data["window"]
+    res = data["results"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+
+    def series(runs: list[dict[str, Any]]) -> tuple[list[float], list[float], list[float], list[float]]:
+        xs, med, lo, hi = [], [], [], []
+        for i in range(data["n_tokens"] // w):
+            vals = [r["windows"][i] for r in runs if i < len(r["windows"]) and r["windows"][i]]
+            if vals:
+                xs.append(i * w + w / 2)
+                med.append(statistics.median(vals))
+                lo.append(min(vals))
+                hi.append(max(vals))
+        return xs, med, lo, hi
+
+    xs, med, lo, hi = series(res.get("ours", []))
+    if xs:
+        ax.plot(xs, med, "o-", label=f"llm_magic.stream ({len(res['ours'])} run(s), median)", zorder=3)
+        if len(res["ours"]) > 1:
+            ax.fill_between(xs, lo, hi, alpha=0.2)
+    xs, med, _, _ = series(res.get("plain", []))
+    if xs:
+        ax.plot(xs, med, "s-", label="plain create_completion(stream=True)", alpha=0.8)
+    lb = [(c["depth"] + w / 2, c["llama_bench"]["median"]) for c in data["curve"] if c["llama_bench"].get("n")]
+    if lb:
+        ax.plot([x for x, _ in lb], [y for _, y in lb], "D--", color="black", label=f"llama-bench tg{w} at depth")
+        ax.plot([x for x, _ in lb], [0.95 * y for _, y in lb], ":", color="red", label="95% of llama-bench")
+    ax.set_xlabel(f"position in the answer (tokens; {w}-token windows)")
+    ax.set_ylabel("tokens/s")
+    ax.set_xlim(0, data["n_tokens"])
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fa = f"flash_attn {data.get('flash_attn', '?')} → {data.get('flash_attn_runs', '?')}"
+    ax.set_title(f"Speed over a long greedy answer ({fa})")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -70,7 +131,6 @@ def ttft(cold: dict[str, Any], out: Path) -> Path:
 def memory(mem: dict[str, Any], out: Path) -> Path:
     plt = _plt()
     r = mem["results"]
-    import statistics
 
     def med(rows, key, field):
         vals = [x[key][field] - x["before"][field] for x in rows if field in x[key]]

@@ -33,12 +33,18 @@ for i in range(3):
 
 IDLE = ("PyThread_acquire_lock_timed", "pthread_cond_timedwait", "pthread_cond_wait", "__futex_abstimed_wait")
 
-# (label, frame names counted inclusively)
+# (label, frame names: a sample counts once if any of its frames has one of these names)
 GROUPS = [
     ("llama.cpp decode (`llama_decode`: the model's forward pass)", ("llama_decode",)),
     ("of which matrix multiplication (`ggml_compute_forward_mul_mat`)", ("ggml_compute_forward_mul_mat",)),
-    ("sampling (`llama_sampler_sample`)", ("llama_sampler_sample",)),
-    ("detokenizing (`detokenize`)", ("detokenize",)),
+    (
+        "sampling (`Sampler.sample`: an argmax when greedy, else llama.cpp's sampler chain)",
+        ("sample", "llama_sampler_sample"),
+    ),
+    (
+        "detokenizing (`llama_token_to_piece`, or llama-cpp-python's `detokenize`)",
+        ("llama_token_to_piece", "detokenize"),
+    ),
     ("llm_magic's own Python (files under `llm_magic/`, outside llama-cpp-python calls)", ()),
 ]
 
@@ -77,7 +83,7 @@ def main() -> int:
         check=True,
         capture_output=True,
     )
-    total, inclusive, ours_only = 0, Counter(), 0
+    total, groups, ours_only = 0, Counter(), 0
     for line in raw.read_text().splitlines():
         if not line.strip():
             continue
@@ -88,8 +94,9 @@ def main() -> int:
             continue  # a thread blocked on a lock or queue (idle workers): not CPU time
         total += n
         names = {f.split(" (")[0].split("::")[-1].split(".")[-1] for f in frames}
-        for name in names:
-            inclusive[name] += n
+        for label, wanted in GROUPS:
+            if names.intersection(wanted):
+                groups[label] += n
         # a sample whose innermost Python frame is ours (not inside llama_cpp or native code)
         py = [f for f in frames if ".py:" in f]
         if py and "llm_magic/" in py[-1]:
@@ -98,7 +105,7 @@ def main() -> int:
                 ours_only += n
     rows = []
     for label, names in GROUPS:
-        count = ours_only if not names else sum(inclusive[n] for n in names)
+        count = ours_only if not names else groups[label]
         rows.append(f"| {label} | {count / total * 100:.1f}% |")
     table = (
         machine_line(model)
