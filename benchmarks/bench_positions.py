@@ -7,6 +7,9 @@
   the same stop string; tokens counted with ``Llama.n_tokens``.
 - llama.cpp: ``llama-bench -p 0 -n 128 -d D`` for D = 0, 256, …, 1792, 1920 (flash attention as
   llm_magic runs it): what generating tokens D+1 … D+128 costs with D tokens in the KV cache.
+- ``llama_decode`` alone on the plain ``Llama``'s context (no sampling, no text) at the same depths:
+  the ceiling of any loop on llama-cpp-python's build of llama.cpp (a shared library; llama-bench is
+  a static build and runs with a context just large enough for the test, ``n_ctx = depth + 128``).
 
 Rows: tokens 129–1152 of llm_magic's answer against ``llama-bench -n 1024 -d 128`` (the faster of
 ``-fa off``/``-fa on``), and llm_magic's 128-token windows against llama-bench at the same depth
@@ -123,6 +126,42 @@ def plain(llm: Any, tokens: list[int]) -> dict[str, Any]:
     }
 
 
+def decode_only(llm: Any, tokens: list[int]) -> dict[str, Any]:
+    """The floor under any loop on this library: ``llama_decode`` of one token at a time (no
+    sampling, no logits read, no text) on the plain ``Llama``'s context, 128 tokens timed at each
+    sweep depth (the KV cache filled up to it in batches in between). What separates it from
+    ``llama-bench`` is the library build and the context size, not a loop's work."""
+    import llama_cpp as lc
+
+    from llm_magic.engines import llama_private as private
+
+    ctx = private.native_context(llm)
+    lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+    buf = (lc.llama_token * 512)()
+    pos, rates = 0, {}
+    try:
+        for depth in DEPTHS:
+            fill = depth + len(tokens) - pos  # the answer's token k sits at depth len(prompt) + k
+            while fill > 0:
+                n = min(fill, 512)
+                buf[:n] = [tokens[(pos + i) % len(tokens)] for i in range(n)]
+                if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, n)) != 0:
+                    raise RuntimeError("llama_decode failed while filling the KV cache")
+                pos, fill = pos + n, fill - n
+            one = lc.llama_batch_get_one(buf, 1)
+            buf[0] = tokens[-1]
+            t0 = time.perf_counter()
+            for _ in range(WINDOW):
+                if lc.llama_decode(ctx, one) != 0:
+                    raise RuntimeError("llama_decode failed")
+            rates[depth] = WINDOW / (time.perf_counter() - t0)
+            pos += WINDOW
+    finally:
+        lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+        private.set_n_tokens(llm, 0)  # llama-cpp-python's own view: empty
+    return {"windows": [rates.get(start) for start in range(0, N_TOKENS, WINDOW)]}
+
+
 def run(model: str, reps: int = 2) -> tuple[dict[str, Any], str]:
     import llama_cpp
 
@@ -144,16 +183,17 @@ def run(model: str, reps: int = 2) -> tuple[dict[str, Any], str]:
         flash_attn=fa == "on",
         verbose=False,
     )
-    # rep 0: ours, plain, sweep, long; later reps alternate ours and long (plain and sweep once: 2048
-    # tokens of the quadratic baseline and nine llama-bench depths cost minutes)
+    # rep 0: ours, plain, decode-only, sweep, long; later reps alternate ours and long (the others
+    # once: 2048 tokens of the quadratic baseline and nine llama-bench depths cost minutes)
     order: list[str] = []
     for i in range(reps):
-        sides = ["ours", "plain", "sweep", "long"] if i == 0 else ["ours", "long"]
+        sides = ["ours", "plain", "decode", "sweep", "long"] if i == 0 else ["ours", "long"]
         order += sides if i % 2 == 0 else sides[::-1]
-    results: dict[str, list] = {"ours": [], "plain": [], "sweep": [], "long": []}
+    results: dict[str, list] = {"ours": [], "plain": [], "decode": [], "sweep": [], "long": []}
     calls = {
         "ours": lambda: ours(model),
         "plain": lambda: plain(plain_llm, tokens),
+        "decode": lambda: decode_only(plain_llm, tokens),
         "sweep": lambda: llama_bench(binary, model, threads, n_gen=WINDOW, depths=DEPTHS, fa=(fa,)),
         "long": lambda: llama_bench(
             binary, model, threads, n_gen=LONG[1] - LONG[0], depths=(LONG[0],), fa=long_settings()
@@ -184,17 +224,23 @@ def run(model: str, reps: int = 2) -> tuple[dict[str, Any], str]:
     for d in DEPTHS:
         o = summary(r["windows"][d // WINDOW] for r in us)
         p = summary(r["windows"][d // WINDOW] for r in pl)
+        dec = summary(r["windows"][d // WINDOW] for r in results["decode"])
         lb = lb_summary(results["sweep"], n_depth=d)
         curve.append(
             {
                 "depth": d,
                 "ours": o,
                 "plain": p,
+                "decode": dec,
                 "llama_bench": lb,
                 "ratio": o["median"] / lb["median"] if o["n"] and lb["n"] else None,
                 "plain_ratio": p["median"] / lb["median"] if p["n"] and lb["n"] else None,
             }
         )
+    dec_lb = [
+        c["decode"]["median"] / c["llama_bench"]["median"] for c in curve if c["decode"]["n"] and c["llama_bench"]["n"]
+    ]
+    ours_dec = [c["ours"]["median"] / c["decode"]["median"] for c in curve if c["ours"]["n"] and c["decode"]["n"]]
     ratios = [c["ratio"] for c in curve if c["ratio"] is not None]
     plain_ratios = [c["plain_ratio"] for c in curve if c["plain_ratio"] is not None]
     worst = min(ratios) if ratios else float("nan")
@@ -240,14 +286,43 @@ def run(model: str, reps: int = 2) -> tuple[dict[str, Any], str]:
             verdict(worst, CURVE_TARGET),
         ),
     ]
+    rows += [
+        (
+            (
+                "… `llama_decode` alone on llama-cpp-python's library (one token at a time, no sampling, no "
+                "text, llm_magic's context size) vs `llama-bench`, worst window: the library's own ceiling"
+            ),
+            "—",
+            f"{min(dec_lb):.3f} (best {max(dec_lb):.3f})" if dec_lb else "—",
+            f"{min(dec_lb):.3f}" if dec_lb else "—",
+            "—",
+            "—",
+        ),
+        (
+            "… llm_magic vs `llama_decode` alone, worst window: what the loop itself costs",
+            f"{min(ours_dec):.3f} (best {max(ours_dec):.3f})" if ours_dec else "—",
+            "—",
+            f"{min(ours_dec):.3f}" if ours_dec else "—",
+            "—",
+            "—",
+        ),
+    ]
     table = md_table(["measure", "llm_magic median [min–max]", "baseline", "ratio", "target", "result"], rows)
     table += "\n\n" + md_table(
-        ["answer tokens", "llm_magic tokens/s", "plain `create_completion`", "`llama-bench` at that depth", "ratio"],
+        [
+            "answer tokens",
+            "llm_magic tokens/s",
+            "plain `create_completion`",
+            "`llama_decode` only",
+            "`llama-bench` at that depth",
+            "ratio",
+        ],
         [
             (
                 f"{c['depth'] + 1}–{c['depth'] + WINDOW}",
                 fmt(c["ours"], "", 1),
                 fmt(c["plain"], "", 1),
+                fmt(c["decode"], "", 1),
                 fmt(c["llama_bench"], "", 1),
                 f"{c['ratio']:.3f}" if c["ratio"] is not None else "—",
             )

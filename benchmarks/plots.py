@@ -91,6 +91,9 @@ def positions(data: dict[str, Any], out: Path) -> Path:
     xs, med, _, _ = series(res.get("plain", []))
     if xs:
         ax.plot(xs, med, "s-", label="plain create_completion(stream=True)", alpha=0.8)
+    dec = [(c["depth"] + w / 2, c["decode"]["median"]) for c in data["curve"] if c.get("decode", {}).get("n")]
+    if dec:
+        ax.plot([x for x, _ in dec], [y for _, y in dec], "^-.", color="gray", label="llama_decode alone (no sampling)")
     lb = [(c["depth"] + w / 2, c["llama_bench"]["median"]) for c in data["curve"] if c["llama_bench"].get("n")]
     if lb:
         ax.plot([x for x, _ in lb], [y for _, y in lb], "D--", color="black", label=f"llama-bench tg{w} at depth")

@@ -337,7 +337,17 @@ def main() -> int:
     # the summary: this run's rows, and the previous run's rows of the parts not run now
     headline += previous_rows(set(ALL) - set(only))
     order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "6b", "7", "12"))}
-    headline.sort(key=lambda pr: order.get(str(pr[1][0]).split()[0], 99))
+    headline = [
+        pr
+        for _, pr in sorted(
+            enumerate(headline),
+            key=lambda ipr: (
+                order.get(str(ipr[1][1][0]).split()[0], 99),
+                ALL.index(ipr[1][0]) if ipr[1][0] in ALL else 99,
+                ipr[0],
+            ),
+        )
+    ]
     rows = [r for _, r in headline]
     elapsed = time.perf_counter() - started
     table = (
@@ -351,9 +361,11 @@ def main() -> int:
         f"\n\nDetails: `benchmarks/results/*.md`; raw data: `*.json`; plots: "
         f"{', '.join(f'`{p}`' for p in all_plots) or 'none'}. "
         + (
-            f"This run ({', '.join(only)}) took {elapsed:.0f} s."
-            if set(only) != set(ALL)
-            else f"Run took {elapsed:.0f} s."
+            f"Run took {elapsed:.0f} s."
+            if set(only) == set(ALL)
+            else f"This run ({', '.join(only)}) took {elapsed:.0f} s; the other rows are from earlier runs."
+            if only
+            else "Rows from the parts' latest runs."
         )
     )
     summary_rows = [{"part": part, "row": list(r)} for part, r in headline]
