@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--model PATH] [--reps N] [--only PART,...] [--out DIR] [--no-readme]
 
-Parts: cold, memory, stream, engine, flash, positions, conversation, panel, remote, vision. The model
+Parts: cold, memory, stream, engine, flash, positions, lookup, conversation, panel, remote, vision. The model
 defaults to the embedded Gemma 3 270M (assembled once into the user cache). Results:
 benchmarks/results/<name>.json (raw measurements), <name>.md (tables), *.png (plots), and the README
 sections between <!-- bench:NAME:start/end --> markers; the summary table (`core`) keeps the rows of
@@ -27,15 +27,27 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, ROOT, fmt, machine, machine_line, md_table, ok, update_readme, write_results  # noqa: E402
 
-ALL = ("cold", "memory", "stream", "engine", "flash", "positions", "conversation", "panel", "remote", "vision")
+ALL = (
+    "cold",
+    "memory",
+    "stream",
+    "engine",
+    "flash",
+    "positions",
+    "lookup",
+    "conversation",
+    "panel",
+    "remote",
+    "vision",
+)
 # issue 12's parts: each in a process of its own (a crash in the generation loop loses one part, not the run)
-OWN_PROCESS = ("engine", "flash", "positions", "conversation")
+OWN_PROCESS = ("engine", "flash", "positions", "lookup", "conversation")
 NEEDS_LLAMA_BENCH = ("engine", "flash", "positions")
 
 
 def part_reps(name: str, reps: int) -> int:
     """Repetitions per part: the long ones (minutes per repetition) get fewer."""
-    return {"flash": min(reps, 3), "positions": 1 if reps < 5 else 2}.get(name, reps)
+    return {"flash": min(reps, 3), "positions": 1 if reps < 5 else 2, "lookup": min(reps, 5)}.get(name, reps)
 
 
 # A part of ours in its own process: ``bench_NAME.run(model, reps)``; the parent writes the results.
