@@ -296,7 +296,9 @@ class LocalModel:
         kwargs: dict[str, Any],
     ) -> Generator[str, None, None]:
         """Images: the vision chat handler evaluates them and streams through llama-cpp-python."""
-        self._kv.clear()  # llama-cpp-python's own calls take the context over
+        # llama-cpp-python's own calls take the context over: a conversation's state is kept first
+        self._kv.enter(None, [], self._saved, settings_mod.current().kv_cache_budget_bytes)
+        self._kv.clear()
         if seed is not None and seed >= 0:
             kwargs["seed"] = seed
         if grammar is not None:
