@@ -74,13 +74,16 @@ def sequence(model: str, kind: str, max_tokens: int) -> dict[str, Any]:
     a1 = _ask(model, A1, "bench-A", max_tokens)
     if kind == "cleared":
         forget_context(local)  # nothing else runs: the follow-up re-evaluates its whole history
+    saved = None
     if kind == "alternating":
         b1 = _ask(model, B1, "bench-B", max_tokens)
+        saved = local.info().get("kv_bytes")  # A's state, kept while B runs (where the engine saves states)
     a2 = _ask(model, A2, "bench-A", 8)
-    out = {"A": _turn(a1, a2)}
+    out: dict[str, Any] = {"A": _turn(a1, a2)}
     if kind == "alternating":
         b2 = _ask(model, B2, "bench-B", 8)
         out["B"] = _turn(b1, b2)
+        out["saved_bytes"] = saved
     return out
 
 
@@ -130,13 +133,15 @@ def run(model: str, reps: int = 7, max_tokens: int = 48) -> tuple[dict[str, Any]
             row("… B's follow-up in A, B, A, B", "alternating", "B"),
         ],
     )
+    saved = summary(r["saved_bytes"] / 1e6 for r in results["alternating"] if r.get("saved_bytes"))
     verdict_tokens = ok(alt_ok) if excess else "—"
     verdict_ttft = ok(alt_ratio <= TTFT_LIMIT) if alt_ratio == alt_ratio else "—"
     table += (
         f"\n\nAlternating: A's follow-up evaluates {max(excess) if excess else '—'} tokens beyond its new ones "
         f"at most (B's: {max(excess_b) if excess_b else '—'}); target ≤ {ALTERNATION_EXTRA}: {verdict_tokens}. "
         f"Its time to first token is {alt_ratio:.2f}× of the straight follow-up (target ≤ {TTFT_LIMIT}×: "
-        f"{verdict_ttft}). With prefix reuse the follow-up takes {reuse_ratio:.2f}× of the time without. "
+        f"{verdict_ttft}); A's saved KV state while B ran: {fmt(saved, ' MB', 1) if saved['n'] else 'none'}. "
+        f"With prefix reuse the follow-up takes {reuse_ratio:.2f}× of the time without. "
         f"{reps} interleaved repetitions; Q/A prompts (the model has no chat template), greedy, first "
         f"turns up to {max_tokens} tokens."
         + (" Failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()) + "." if errors else "")
