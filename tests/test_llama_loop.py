@@ -201,13 +201,16 @@ def test_a_decode_the_record_missed_is_dropped_before_the_next_prompt(tiny_model
 # ---- prompt lookup (--draft lookup) ----------------------------------------------------------------
 
 
-def test_find_draft_takes_what_followed_the_latest_match():
-    from llm_magic.engines.llama_lookup import find_draft
+def test_drafts_take_what_followed_the_latest_match():
+    from llm_magic.engines.llama_lookup import NgramIndex
 
-    history = [1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7, 2, 3, 4]
-    assert find_draft(history, 3) == [6, 7, 2]  # "2 3 4" last seen before 6 7 ...
-    assert find_draft([5, 6, 7, 8, 6], 8) == [7, 8, 6]  # falls back to one token
-    assert find_draft([1, 2, 3], 8) == [] and find_draft([1, 1], 0) == []
+    assert NgramIndex([1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7, 2, 3, 4]).draft(3) == [6, 7, 2]  # "2 3 4" before 6 7 ...
+    assert NgramIndex([5, 6, 7, 8, 6]).draft(8) == [7, 8, 6]  # falls back to one token
+    assert NgramIndex([1, 2, 3]).draft(8) == [] and NgramIndex([1, 1]).draft(0) == []
+    index = NgramIndex([4, 5, 6])
+    for token in (7, 4, 5):
+        index.append(token)
+    assert index.draft(8) == [6, 7, 4, 5]  # tokens appended later are found too
 
 
 def test_prompt_lookup_gives_the_greedy_text_and_drafts_from_the_prompt(tiny_model):

@@ -28,19 +28,34 @@ DRAFT_MAX = 8  # most drafted tokens checked per decode
 NGRAM_MAX = 3  # longest run of tokens matched against the history
 
 
-def find_draft(history: Sequence[int], limit: int = DRAFT_MAX) -> list[int]:
-    """Tokens that followed the latest earlier occurrence of the history's last 3 (then 2, 1) tokens."""
-    if limit <= 0:
+class NgramIndex:
+    """Where each run of 1–3 tokens last occurred in the text so far: a draft costs the same at
+    token 2,000 as at token 20."""
+
+    def __init__(self, tokens: Sequence[int]):
+        self.history: list[int] = []
+        self._after: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        """Add a token; the runs ending just before it become findable (the tail itself never is)."""
+        history = self.history
+        end = len(history)
+        for n in range(1, min(NGRAM_MAX, end) + 1):
+            self._after[tuple(history[end - n : end])] = end
+        history.append(token)
+
+    def draft(self, limit: int = DRAFT_MAX) -> list[int]:
+        """Tokens that followed the latest earlier occurrence of the last 3 (then 2, 1) tokens."""
+        if limit <= 0:
+            return []
+        history = self.history
+        for n in range(min(NGRAM_MAX, len(history) - 1), 0, -1):
+            follow = self._after.get(tuple(history[-n:]))
+            if follow is not None and follow < len(history):
+                return history[follow : follow + limit]
         return []
-    size = len(history)
-    for n in range(min(NGRAM_MAX, size - 1), 0, -1):
-        tail = list(history[size - n :])
-        for start in range(size - n - 1, -1, -1):  # latest first; the tail itself is excluded
-            if history[start] == tail[0] and list(history[start : start + n]) == tail:
-                follow = list(history[start + n : start + n + limit])
-                if follow:
-                    return follow
-    return []
 
 
 class _Batch:
@@ -79,7 +94,7 @@ def generate_lookup(
     n_vocab = int(lc.llama_vocab_n_tokens(kv.vocab))
     answer = Answer(kv, stops, max_tokens, stats)
     batch = _Batch(lc, min(DRAFT_MAX + 1, kv.n_batch))
-    history = list(kv.tokens)
+    index = NgramIndex(kv.tokens)
     finish: str | None = None
 
     def argmax(i: int) -> int:
@@ -98,9 +113,9 @@ def generate_lookup(
                 yield text
             if finish is not None:
                 break
-            history.append(token)
+            index.append(token)
             room = min(batch.size - 1, answer.limit - answer.n, kv.n_ctx - len(kv.tokens) - 1)
-            draft = find_draft(history, room)
+            draft = index.draft(room)
             base = len(kv.tokens)
             if not draft:
                 kv.decode_one(token)
@@ -121,7 +136,7 @@ def generate_lookup(
                     yield text
                 if finish is not None:
                     break
-                history.append(token)
+                index.append(token)
                 kept += 1
                 token = argmax(kept)
             stats.n_accepted += kept
