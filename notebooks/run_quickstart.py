@@ -69,9 +69,17 @@ class StreamingClient(NotebookClient):
 
 
 def run(
-    notebook: Path = HERE / "quickstart.ipynb", model: str | None = None, echo: bool = True, timeout: int = 600
+    notebook: Path = HERE / "quickstart.ipynb",
+    model: str | None = None,
+    echo: bool = True,
+    timeout: int = 600,
+    setup: str = "",
 ) -> tuple[nbformat.NotebookNode, StreamingClient]:
+    """Execute ``notebook`` in a real kernel; ``setup`` is Python run first, in the first code cell."""
     nb = nbformat.read(notebook, as_version=4)
+    if setup:
+        first = next(c for c in nb.cells if c.cell_type == "code")
+        first.source = setup.rstrip("\n") + "\n" + first.source
     env = dict(os.environ)
     if model:
         env["LLM_MAGIC_MODEL"] = str(model)

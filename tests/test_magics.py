@@ -15,7 +15,7 @@ from llm_magic import cache as cache_mod
 from llm_magic import conversation, runtime
 from llm_magic.specs import ENV_MODEL
 
-from conftest import evaluated_prompt, evaluated_tokens, llm_threads, run, run_error
+from conftest import LONG_CTX, evaluated_prompt, evaluated_tokens, llm_threads, run, run_error
 
 
 def conversations():
@@ -114,6 +114,7 @@ def test_second_ask_builds_no_second_llama(ip, llama_constructions):
 
 def test_timeout_marks_partial_answer(ip, caplog):
     caplog.set_level(logging.INFO, logger="llm_magic")
+    run(ip, f"%config AskMagics.n_ctx = {LONG_CTX}")  # a window the tiny model cannot fill in 1 s
     _, out = run(ip, "%%ask -t 1 -n 100000 --temperature 0 -o a\nTell me everything")
     a = ip.user_ns["a"]
     assert a.finish_reason == "timeout" and a.n_tokens > 0

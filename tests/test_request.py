@@ -16,6 +16,8 @@ from llm_magic import cache as cache_mod
 from llm_magic import request, runtime
 from llm_magic.errors import ConfigError
 
+from conftest import LONG_CTX
+
 
 @pytest.fixture
 def slow_load(monkeypatch):
@@ -63,14 +65,16 @@ def test_the_phases_run_in_order(tiny_model):
 
 def test_timeout_gives_partial_answer_and_model_stays_usable(tiny_model, caplog):
     caplog.set_level("INFO", logger="llm_magic")  # where the time went: INFO (the cell shows it under the answer)
-    a = llm_magic.ask("Tell me a long story", model=tiny_model, max_tokens=100_000, timeout=3.0, temperature=0)
+    # the tiny model streams thousands of tokens a second: a window it cannot fill in 3 s
+    llm_magic.current_settings().models = {"long": {"path": tiny_model, "n_ctx": LONG_CTX}}
+    a = llm_magic.ask("Tell me a long story", model="long", max_tokens=100_000, timeout=3.0, temperature=0)
     assert a.finish_reason == "timeout", a.timings()
     assert a.n_tokens > 0 and len(a) > 0 and a.partial
     assert 2.9 < a.total_s < 8
     assert "timed out after 3 s — partial answer" in a.marker()
     assert any(r.levelname == "INFO" and "timed out" in r.message and "generation" in r.message for r in caplog.records)
     assert a.time_report is not None and "generation" in a.time_report
-    b = llm_magic.ask("again", model=tiny_model, max_tokens=10)
+    b = llm_magic.ask("again", model="long", max_tokens=10)
     assert b.finish_reason == "length" and b.n_tokens == 10
 
 

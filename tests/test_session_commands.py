@@ -10,7 +10,7 @@ import llm_magic
 from llm_magic import runtime
 from llm_magic.ask_panel import AskPanel
 
-from conftest import run, run_error
+from conftest import LONG_CTX, run, run_error
 
 
 def test_reset_and_history(ip):
@@ -37,6 +37,7 @@ def test_reset_and_history(ip):
 
 
 def test_history_marks_partial_turns_and_the_system_prompt(ip):
+    run(ip, f"%config AskMagics.n_ctx = {LONG_CTX}")  # a window the tiny model cannot fill in 1 s
     run(ip, "%%ask -c s --system 'Be terse.' -t 1 -n 100000 -o a\ntalk")
     assert ip.user_ns["a"].finish_reason == "timeout"
     _, out = run(ip, "%llm history s")

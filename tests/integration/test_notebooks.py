@@ -9,6 +9,8 @@ import pytest
 
 from llm_magic import specs
 
+from conftest import LONG_CTX
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "notebooks"))
 
@@ -28,7 +30,10 @@ def _cell_text(cell) -> str:
 def test_quickstart_notebook_streams_in_a_real_kernel(tiny_model):
     from run_quickstart import run
 
-    nb, client = run(model=tiny_model, echo=False, timeout=300)
+    # The tiny model streams thousands of tokens a second: the timed-out cell needs a window it
+    # cannot fill in its 1 s (settings made before %load_ext carry over).
+    setup = f"import llm_magic\nllm_magic.current_settings().n_ctx = {LONG_CTX}"
+    nb, client = run(model=tiny_model, echo=False, timeout=300, setup=setup)
     code = {i: c for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     for i, cell in code.items():
         assert not any(o.get("output_type") == "error" for o in cell.outputs), (i, cell.outputs)
@@ -65,6 +70,10 @@ def test_panel_notebook_runs_in_a_real_kernel(tiny_model, monkeypatch):
 
     nb = nbformat.read(ROOT / "notebooks" / "panel.ipynb", as_version=4)
     monkeypatch.setenv(specs.ENV_MODEL, tiny_model)  # the kernel inherits our environment
+    # The tiny model streams thousands of tokens a second: give the long story a window it cannot
+    # fill before the notebook's 2-second timeout (settings made before %load_ext carry over).
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    first.source = f"import llm_magic\nllm_magic.current_settings().n_ctx = {LONG_CTX}\n" + first.source
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     code_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert "error" not in [o.output_type for o in code_outputs]
