@@ -273,7 +273,9 @@ class LocalModel:
         stops = StopMatcher(stop_list(prepared.stop, extra_stop))
         try:
             if draft == "lookup" and sampler.plain_greedy:
-                yield from generate_lookup(kv, stops, max_tokens=max_tokens, should_stop=should_stop, stats=stats)
+                yield from generate_lookup(
+                    kv, sampler, stops, max_tokens=max_tokens, should_stop=should_stop, stats=stats
+                )
             else:
                 yield from llama_loop.generate(
                     kv, sampler, stops, max_tokens=max_tokens, should_stop=should_stop, stats=stats

@@ -13,15 +13,13 @@ tokens before it), while a batch of several tokens costs little more than one on
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-import numpy as np
-
 from .base import StreamStats
 from .llama_loop import Answer, KVContext
+from .llama_sampler import Sampler
 from .stops import StopMatcher
 
 DRAFT_MAX = 8  # most drafted tokens checked per decode
@@ -83,26 +81,23 @@ class _Batch:
 
 def generate_lookup(
     kv: KVContext,
+    sampler: Sampler,
     stops: StopMatcher,
     *,
     max_tokens: int,
     should_stop: Callable[[], bool],
     stats: StreamStats,
 ) -> Generator[str, None, None]:
-    """Greedy generation with prompt-lookup drafts (same contract as ``llama_loop.generate``)."""
+    """Greedy generation with prompt-lookup drafts (same contract as ``llama_loop.generate``;
+    ``sampler`` is a plain greedy one: it only reads the logits)."""
     lc, ctx = kv._lc, kv.ctx
-    n_vocab = int(lc.llama_vocab_n_tokens(kv.vocab))
     answer = Answer(kv, stops, max_tokens, stats)
     batch = _Batch(lc, min(DRAFT_MAX + 1, kv.n_batch))
     index = NgramIndex(kv.tokens)
     finish: str | None = None
 
     def argmax(i: int) -> int:
-        address = ctypes.cast(lc.llama_get_logits_ith(ctx, i), ctypes.c_void_p).value
-        if not address:
-            raise RuntimeError("llama.cpp returned no logits for a drafted position")
-        row = (ctypes.c_float * n_vocab).from_address(address)
-        return int(np.frombuffer(memoryview(row).cast("B"), dtype=np.float32).argmax())
+        return int(sampler.logits(i).argmax())
 
     try:
         token = argmax(-1)  # the prompt's last position

@@ -104,12 +104,13 @@ class Sampler:
         """An argmax and nothing else (no penalties, no grammar): what prompt lookup can check in a batch."""
         return self._chain is None and self._grammar is None
 
-    def logits(self) -> np.ndarray:
-        """The last decode's logits as a numpy view of llama.cpp's buffer (valid until the next decode)."""
-        pointer = self._lc.llama_get_logits_ith(self._ctx, -1)
+    def logits(self, i: int = -1) -> np.ndarray:
+        """The last decode's logits at batch position ``i`` (-1: its last token) as a numpy view of
+        llama.cpp's buffer, valid until the next decode."""
+        pointer = self._lc.llama_get_logits_ith(self._ctx, i)
         address = ctypes.cast(pointer, ctypes.c_void_p).value
         if not address:
-            raise RuntimeError("llama.cpp returned no logits for the last token")
+            raise RuntimeError(f"llama.cpp returned no logits for batch position {i}")
         view = self._views.get(address)
         if view is None:
             buffer = memoryview((ctypes.c_float * self.n_vocab).from_address(address)).cast("B")
