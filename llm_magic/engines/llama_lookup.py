@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from .base import StreamStats
-from .llama_loop import Answer, KVContext
+from .llama_loop import AnswerTokens, KVContext
 from .llama_sampler import Sampler
 from .stops import StopMatcher
 
@@ -91,7 +91,7 @@ def generate_lookup(
     """Greedy generation with prompt-lookup drafts (same contract as ``llama_loop.generate``;
     ``sampler`` is a plain greedy one: it only reads the logits)."""
     lc, ctx = kv._lc, kv.ctx
-    answer = Answer(kv, stops, max_tokens, stats)
+    answer = AnswerTokens(kv, stops, max_tokens, stats)
     batch = _Batch(lc, min(DRAFT_MAX + 1, kv.n_batch))
     index = NgramIndex(kv.tokens)
     finish: str | None = None

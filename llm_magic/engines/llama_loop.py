@@ -189,7 +189,7 @@ def evaluate_prompt(kv: KVContext, tokens: list[int], should_stop: Callable[[], 
     return True
 
 
-class Answer:
+class AnswerTokens:
     """The answer side of the loop: each chosen token becomes text, a count, and perhaps the end.
 
     End of generation comes from the vocabulary (``llama_vocab_is_eog``) and is not part of the
@@ -237,7 +237,7 @@ def generate(
 
     ``should_stop`` is polled before every sample, so a Stop or deadline ends the answer within one
     token (``finish_reason`` None: the request says why)."""
-    answer = Answer(kv, stops, max_tokens, stats)
+    answer = AnswerTokens(kv, stops, max_tokens, stats)
     finish: str | None = None
     while not should_stop():
         token = sampler.sample()
