@@ -33,9 +33,10 @@ _tools: tuple[dict[str, Path], str] | None = None
 
 
 def llama_cpp_tools(log=lambda s: print(s, file=sys.stderr)) -> tuple[dict[str, Path], str]:
-    """({"llama-server": path, "rpc-server": path}, "") or ({}, why not): cached, else built now (minutes)."""
+    """({"llama-server": path, "rpc-server": path}, "") or ({}, why not): cached, else built now (minutes);
+    asked once per process (a failed build is not retried by every test)."""
     global _tools
-    if _tools is None or not _tools[0]:
+    if _tools is None:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         try:
             import llama_cpp_build

@@ -269,7 +269,7 @@ class RemoteModel:
                 if isinstance(e, openai.APIStatusError):
                     raise RemoteError(f"{where}: {status_message(e, self.spec, self.server_models)}") from None
                 if isinstance(e, openai.APIError) and not isinstance(e, openai.APIConnectionError):
-                    # an `error` event in the stream (llama-server: the prompt exceeds the context, ...)
+                    # an `error` event in the stream: how llama-server reports a request that fails once streaming began
                     raise RemoteError(f"{where}: the server reported an error: {_one_line(e.message)}") from None
                 if not got_first and attempt == 1 and isinstance(e, transport_errors):
                     continue

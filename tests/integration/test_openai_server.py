@@ -225,6 +225,14 @@ def test_token_counts_come_from_the_server(server):
     assert 0 < b.n_prompt_evaluated < b.n_prompt_tokens  # the same prompt again: the server reused its cache
 
 
+def test_stop_strings_end_the_answer_on_the_server(srv_alias):
+    full = llm_magic.ask("Tell me about Paris", model="srv", max_tokens=30, temperature=0)
+    words = full.text.split()
+    stop = next(w for w in words[len(words) // 2 :] if len(w) >= 3)
+    cut = llm_magic.ask("Tell me about Paris", model="srv", max_tokens=30, temperature=0, stop=[stop, "@@", "##", "%%"])
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
+
+
 def test_a_prompt_longer_than_the_servers_context_is_one_line(server_kind, tmp_path_factory):
     from tiny_gguf import write_tiny_model
 
