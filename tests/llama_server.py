@@ -8,8 +8,10 @@ chatty server never blocks on a full pipe, and a test can read them (which devic
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,8 +48,16 @@ def llama_cpp_tools(log=lambda s: print(s, file=sys.stderr)) -> tuple[dict[str, 
     return _tools
 
 
+_log_dir: str | None = None
+
+
 def _log_file(name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f"llm-magic-{name}-", suffix=".log")
+    """A new log file in this process's own temporary folder, removed when the process exits."""
+    global _log_dir
+    if _log_dir is None:
+        _log_dir = tempfile.mkdtemp(prefix="llm-magic-servers-")
+        atexit.register(shutil.rmtree, _log_dir, ignore_errors=True)
+    fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=_log_dir)
     os.close(fd)
     return Path(path)
 
