@@ -3,8 +3,12 @@ it re-raises cell errors), and process-wide state reset around every test."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -14,6 +18,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The ask log and the file-hash cache of every test (and of the kernels tests start) live in a
+# directory of this session, never in the user's home.
+os.environ["LLM_MAGIC_DATA_DIR"] = _DATA_DIR = tempfile.mkdtemp(prefix="llm_magic-data-")
+atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
 import llm_magic
 from llm_magic import runtime, settings
