@@ -125,9 +125,10 @@ _URL_USER = re.compile(r"(https?://)[^/@\s]+@")
 def redact(value: Any, secrets: Iterable[str]) -> Any:
     """``value`` (str, dict or list) with API keys blanked and URLs without user info."""
     if isinstance(value, str):
+        value = _URL_USER.sub(r"\1", value)
         for secret in secrets:
             value = value.replace(secret, "[api key]")
-        return _URL_USER.sub(r"\1", value)
+        return value
     if isinstance(value, Mapping):
         return {k: redact(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

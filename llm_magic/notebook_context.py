@@ -43,7 +43,7 @@ def recent_cells(
     count = count or estimate_tokens
     numbers = [k for k in range(min(current, len(inputs)) - 1, 0, -1) if str(inputs[k]).strip()][:n]
     kept: list[str] = []
-    used = 0
+    used = count(_header(n)) + 2  # the header line is part of the budget
     cut = False
     for k in numbers:
         text = _cell_text(k, str(inputs[k]), outputs, errors, count)
@@ -58,5 +58,8 @@ def recent_cells(
         break
     if not kept:
         return "", 0, cut
-    header = f"The last {len(kept)} executed notebook cell{'s' if len(kept) != 1 else ''}, oldest first:"
-    return header + "\n\n" + "\n\n".join(reversed(kept)), len(kept), cut
+    return _header(len(kept)) + "\n\n" + "\n\n".join(reversed(kept)), len(kept), cut
+
+
+def _header(n: int) -> str:
+    return f"The last {n} executed notebook cell{'s' if n != 1 else ''}, oldest first:"
