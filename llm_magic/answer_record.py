@@ -142,7 +142,7 @@ def replay(stream: Stream) -> Answer | None:
     sha = None
     if not spec.remote:
         try:
-            sha = provenance.HASHES.compute(spec.path)
+            sha = provenance.HASHES.wait(spec.path)  # the first answer's hash may still be running
         except OSError:
             return None
     identity = provenance.model_identity(spec, sha)

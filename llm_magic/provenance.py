@@ -50,6 +50,7 @@ class FileHashes:
         self._memory: dict[str, tuple[tuple[int, int, int], str]] = {}
         self._disk: dict[str, Any] | None = None
         self._running: dict[str, list[Callable[[str], None]]] = {}
+        self._done: dict[str, threading.Event] = {}  # set once a background hash and its callbacks ran
 
     def _file(self) -> Path:
         if self._dir is not None:
@@ -129,6 +130,7 @@ class FileHashes:
                     waiting.append(then)
                 return
             self._running[path] = [then] if then is not None else []
+            done = self._done[path] = threading.Event()
 
         def work() -> None:
             digest = None
@@ -138,15 +140,25 @@ class FileHashes:
                 log.debug("llm_magic: cannot hash %s: %s", path, e)
             with self._lock:
                 callbacks = self._running.pop(path, [])
-            if digest is None:
-                return
-            for callback in callbacks:
-                try:
-                    callback(digest)
-                except Exception:  # a display or log update failing must not stop the others
-                    log.debug("llm_magic: a hash callback failed", exc_info=True)
+            if digest is not None:
+                for callback in callbacks:
+                    try:
+                        callback(digest)
+                    except Exception:  # a display or log update failing must not stop the others
+                        log.debug("llm_magic: a hash callback failed", exc_info=True)
+            done.set()
 
         threading.Thread(target=work, name="llm_magic-hash", daemon=True).start()
+
+    def wait(self, path: str, timeout: float | None = None) -> str:
+        """The file's sha256: from the cache, from a background hash running now (waiting for it
+        and for its callbacks, which update the log), or computed here."""
+        path = os.path.realpath(path)
+        with self._lock:
+            done = self._done.get(path) if path in self._running else None
+        if done is not None:
+            done.wait(timeout)
+        return self.compute(path)
 
     def pending(self, path: str) -> bool:
         with self._lock:
