@@ -4,7 +4,8 @@ and the replay key.
 A model file's sha256 is computed once per file: kept in memory and in a small JSON file beside the
 default ask log (``file-hashes.json``), both keyed by path, inode, size and mtime, so a kernel
 restart does not read a 4 GB file again. Hashing runs on a daemon thread after an answer
-(``hash_later``): it never delays the first answer; whoever waits for it gets a callback.
+(``hash_later``), at the lowest CPU priority: it never delays the first answer nor takes CPU from the
+next one; whoever waits for it gets a callback.
 A remote model is identified by its URL and the server's model name instead.
 """
 
@@ -133,6 +134,7 @@ class FileHashes:
             done = self._done[path] = threading.Event()
 
         def work() -> None:
+            _lowest_priority()
             digest = None
             try:
                 digest = self.compute(path)
@@ -163,6 +165,15 @@ class FileHashes:
     def pending(self, path: str) -> bool:
         with self._lock:
             return os.path.realpath(path) in self._running
+
+
+def _lowest_priority() -> None:
+    """Nice this thread to 19 (Linux schedules threads one by one): hashing a big file must not take
+    CPU from a model loading or generating on the same cores."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux: the thread keeps the process's priority
+        pass
 
 
 HASHES = FileHashes()

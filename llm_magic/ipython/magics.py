@@ -164,7 +164,8 @@ class AskMagics(Magics, Settings):
         """Ask a language model; the answer streams into the output.
 
         %%ask [options]
-        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in>
+        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in
+         (a large value summarised within AskMagics.context_budget tokens; {name!full}: whole)>
 
         %ask [options] <prompt on one line>
 
