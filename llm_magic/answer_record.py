@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import ask_log, provenance
+from . import ask_log, provenance, runtime
 from .answer import Answer
 
 if TYPE_CHECKING:
@@ -59,10 +59,19 @@ def _parts(stream: Stream) -> dict[str, Any] | None:
 
 
 def record(stream: Stream) -> None:
-    """Give ``stream.answer`` its provenance and its log row; hash the model file afterwards."""
+    """``Answer.prompt``, the provenance and the log row of ``stream.answer``, and the model file's
+    hash afterwards: once per answer, never failing it (a record is a bonus, the answer counts)."""
     answer = stream.answer
-    if answer is None or not answer.prompt:  # the model never received a prompt: nothing to record
+    if answer is None or stream.prepared is None:  # the model never received a prompt: nothing to record
         return
+    try:
+        answer.prompt = model_prompt(stream.prepared)
+        _record(stream, answer)
+    except Exception:
+        log.debug("llm_magic: recording the answer failed", exc_info=True)
+
+
+def _record(stream: Stream, answer: Answer) -> None:
     spec = stream.spec
     meta = provenance.metadata(spec, answer, stream.max_tokens, stream.sampling)
     parts = _parts(stream)
@@ -113,7 +122,16 @@ def record(stream: Stream) -> None:
         for waiter in waiters:
             waiter(dict(meta))
 
-    provenance.HASHES.hash_later(spec.path, hashed)
+    provenance.HASHES.hash_later(spec.path, hashed, busy=_models_busy)
+
+
+def _models_busy() -> bool:
+    """A request running or a model loading: the background hash waits (it must not slow them)."""
+    rt = runtime.get()
+    if rt.requests():
+        return True
+    cache = rt.cache_if_open()
+    return cache is not None and any(e.state == "loading" for e in cache.entries())
 
 
 def when_hashed(answer: Answer, then: Callable[[dict[str, Any]], None]) -> bool:

@@ -4,8 +4,8 @@ and the replay key.
 A model file's sha256 is computed once per file: kept in memory and in a small JSON file beside the
 default ask log (``file-hashes.json``), both keyed by path, inode, size and mtime, so a kernel
 restart does not read a 4 GB file again. Hashing runs on a daemon thread after an answer
-(``hash_later``), at the lowest CPU priority: it never delays the first answer nor takes CPU from the
-next one; whoever waits for it gets a callback.
+(``hash_later``), at the lowest CPU priority and pausing while a model loads or generates: it never
+delays an answer; whoever waits for it gets a callback.
 A remote model is identified by its URL and the server's model name instead.
 """
 
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,8 +87,9 @@ class FileHashes:
                 return digest
         return None
 
-    def compute(self, path: str) -> str:
-        """Read the whole file (in 8 MB chunks: hashlib releases the GIL) and remember its sha256."""
+    def compute(self, path: str, busy: Callable[[], bool] | None = None) -> str:
+        """Read the whole file (in 8 MB chunks: hashlib releases the GIL) and remember its sha256.
+        ``busy``: checked between chunks; while it is true (a model loading or generating) we wait."""
         path = os.path.realpath(path)
         known = self.known(path)
         if known is not None:
@@ -97,6 +99,8 @@ class FileHashes:
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
+                while busy is not None and busy():
+                    time.sleep(0.05)
         digest = h.hexdigest()
         if key is not None and _stat_key(path) == key:  # unchanged while we read it
             self._remember(path, key, digest)
@@ -116,8 +120,11 @@ class FileHashes:
             except OSError as e:  # a read-only home: the hash stays in memory for this process
                 log.debug("llm_magic: cannot write %s: %s", target, e)
 
-    def hash_later(self, path: str, then: Callable[[str], None] | None = None) -> None:
-        """Compute the sha256 on a daemon thread (one per file), then call ``then(digest)``."""
+    def hash_later(
+        self, path: str, then: Callable[[str], None] | None = None, busy: Callable[[], bool] | None = None
+    ) -> None:
+        """Compute the sha256 on a daemon thread (one per file), pausing while ``busy()``, then call
+        ``then(digest)``."""
         path = os.path.realpath(path)
         known = self.known(path)
         if known is not None:
@@ -137,7 +144,7 @@ class FileHashes:
             _lowest_priority()
             digest = None
             try:
-                digest = self.compute(path)
+                digest = self.compute(path, busy)
             except OSError as e:
                 log.debug("llm_magic: cannot hash %s: %s", path, e)
             with self._lock:

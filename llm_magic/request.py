@@ -20,7 +20,7 @@ from . import answer_record, runtime
 from .answer import Answer, build_answer, time_report
 from .cache import ModelCache
 from .cache_entry import Entry
-from .engines.base import Engine, StreamStats
+from .engines.base import Engine, Prepared, StreamStats
 from .errors import ConfigError, LLMMagicError, LoadTimeout
 from .interrupts import sigint_stops
 from .model_queue import ModelQueue
@@ -93,7 +93,7 @@ class Stream:
         self._stats: StreamStats | None = None
         self._times: dict[str, float] = {}
         self._n_chunks = 0
-        self._model_prompt = ""  # the exact text the model received (Answer.prompt)
+        self.prepared: Prepared | None = None  # the prompt as the engine built it (Answer.prompt)
         self._iter: Generator[str, None, None] = self._run()
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -232,7 +232,7 @@ class Stream:
             if self.answer.finish_reason == "timeout":
                 self.answer.time_report = time_report(self.answer, self.started, self._times)
             rt.last_answer = self.answer
-            _record(self)
+            answer_record.record(self)
             if self.answer.finish_reason == "timeout" and not self.defer_log:
                 self.log_timeout()
 
@@ -309,7 +309,7 @@ class Stream:
         conv = None
         if self.conversation:
             conv = runtime.get().conversations.get(self.conversation, entry.spec.key, entry.name)
-        prepared = model.prepare(
+        self.prepared = prepared = model.prepare(
             self.prompt,
             raw=self.raw,
             system=self.system,
@@ -317,7 +317,6 @@ class Stream:
             max_tokens=self.max_tokens,
             images=self.images or None,
         )
-        self._model_prompt = answer_record.model_prompt(prepared)
         times["gen_start"] = time.monotonic()
         chunks = model.stream(
             prepared,
@@ -359,7 +358,6 @@ class Stream:
     def _finish(self, pieces: list[str], meta: dict[str, Any]) -> Answer:
         stats: StreamStats | None = meta.pop("stats", None)
         meta["n_chunks"] = len(pieces)
-        meta["prompt"] = self._model_prompt
         return build_answer("".join(pieces), stats, self._times, self._stop_reason, self.started, meta)
 
 
@@ -385,14 +383,6 @@ def ask(
 ) -> Answer:
     """Ask and wait for the whole ``Answer`` (a partial one on timeout or interrupt)."""
     return stream(prompt, model=model, timeout=timeout, max_tokens=max_tokens, raw=raw, **options).consume()
-
-
-def _record(stream: Stream) -> None:
-    """Provenance, the ask log and the model file's hash: once per answer, never failing it."""
-    try:
-        answer_record.record(stream)
-    except Exception:  # a record is a bonus: the answer is what counts
-        log.debug("llm_magic: recording the answer failed", exc_info=True)
 
 
 def _warn_mlock_once(entry: Entry) -> None:
