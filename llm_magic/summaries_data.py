@@ -71,7 +71,8 @@ def levels_for(obj: Any) -> Levels | None:
 
 
 def small_text(obj: Any) -> str | None:
-    """``str(obj)`` when the library shows all of it (no rows, columns or values elided)."""
+    """``str(obj)`` when the library shows all of it (no rows, columns or values elided: pandas'
+    default 60 rows and 20 columns, polars' 8 and 8, numpy's 1000 elements); the caller still checks the budget."""
     shape = getattr(obj, "shape", None)
     if not isinstance(shape, tuple):
         return None
@@ -79,9 +80,13 @@ def small_text(obj: Any) -> str | None:
     for n in shape:
         cells *= int(n)
     name = type(obj).__name__
+    polars = type(obj).__module__.startswith("polars")  # polars shows 8 rows, 8 columns, 10 values
     if name == "DataFrame" and len(shape) == 2:
-        return str(obj) if shape[0] <= 10 and shape[1] <= 10 else None
-    return str(obj) if cells <= (10 if name == "Series" else 100) else None
+        rows, cols = (8, 8) if polars else (60, 20)
+        return str(obj) if shape[0] <= rows and shape[1] <= cols else None
+    if name == "Series":
+        return str(obj) if cells <= (10 if polars else 60) else None
+    return str(obj) if cells <= 1000 else None
 
 
 def _array_like(obj: Any) -> bool:

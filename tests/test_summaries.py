@@ -33,6 +33,8 @@ def test_small_objects_are_sent_as_before():
     assert summarize(small).text == str(small)
     arr = np.arange(6).reshape(2, 3)
     assert summarize(arr).text == str(arr)
+    series = pd.Series(range(30), name="n")  # pandas shows all 30: as before
+    assert summarize(series).text == str(series)
 
 
 def test_a_wide_dataframe_lists_every_column_with_dtype_and_nulls_within_the_budget():
