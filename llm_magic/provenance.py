@@ -53,6 +53,8 @@ class FileHashes:
         self._disk: dict[str, Any] | None = None
         self._running: dict[str, list[Callable[[str], None]]] = {}
         self._done: dict[str, threading.Event] = {}  # set once a background hash and its callbacks ran
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
 
     def _file(self) -> Path:
         if self._dir is not None:
@@ -99,8 +101,10 @@ class FileHashes:
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
-                while busy is not None and busy():
+                while busy is not None and busy() and not self._stop.is_set():
                     time.sleep(0.05)
+                if busy is not None and self._stop.is_set():  # a background hash, stopped by cleanup
+                    raise OSError(f"hashing {path} was stopped")
         digest = h.hexdigest()
         if key is not None and _stat_key(path) == key:  # unchanged while we read it
             self._remember(path, key, digest)
@@ -157,7 +161,23 @@ class FileHashes:
                         log.debug("llm_magic: a hash callback failed", exc_info=True)
             done.set()
 
-        threading.Thread(target=work, name="llm_magic-hash", daemon=True).start()
+        thread = threading.Thread(target=work, name="llm_magic-hash", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the background hashes (``cleanup_models()``): each ends within one chunk. What they
+        had not finished is hashed again after the next answer."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        if not threads:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._stop.clear()
 
     def wait(self, path: str, timeout: float | None = None) -> str:
         """The file's sha256: from the cache, from a background hash running now (waiting for it
