@@ -108,10 +108,12 @@ def _record(stream: Stream, answer: Answer) -> None:
     with _hash_lock:
         _waiting[id(meta)] = []
 
-    def hashed(digest: str) -> None:
+    def hashed(digest: str | None) -> None:
         with _hash_lock:
-            meta["sha256"] = digest
             waiters = _waiting.pop(id(meta), [])
+            if digest is None:  # unreadable, or stopped by cleanup_models(): the next answer hashes again
+                return
+            meta["sha256"] = digest
         log_id = getattr(answer, "log_id", None)
         if book is not None and path is not None and log_id:
             try:

@@ -51,7 +51,7 @@ class FileHashes:
         self._lock = threading.Lock()
         self._memory: dict[str, tuple[tuple[int, int, int], str]] = {}
         self._disk: dict[str, Any] | None = None
-        self._running: dict[str, list[Callable[[str], None]]] = {}
+        self._running: dict[str, list[Callable[[str | None], None]]] = {}
         self._done: dict[str, threading.Event] = {}  # set once a background hash and its callbacks ran
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -125,10 +125,10 @@ class FileHashes:
                 log.debug("llm_magic: cannot write %s: %s", target, e)
 
     def hash_later(
-        self, path: str, then: Callable[[str], None] | None = None, busy: Callable[[], bool] | None = None
+        self, path: str, then: Callable[[str | None], None] | None = None, busy: Callable[[], bool] | None = None
     ) -> None:
         """Compute the sha256 on a daemon thread (one per file), pausing while ``busy()``, then call
-        ``then(digest)``."""
+        ``then(digest)`` (``then(None)`` when the file could not be read or cleanup stopped it)."""
         path = os.path.realpath(path)
         known = self.known(path)
         if known is not None:
@@ -153,12 +153,11 @@ class FileHashes:
                 log.debug("llm_magic: cannot hash %s: %s", path, e)
             with self._lock:
                 callbacks = self._running.pop(path, [])
-            if digest is not None:
-                for callback in callbacks:
-                    try:
-                        callback(digest)
-                    except Exception:  # a display or log update failing must not stop the others
-                        log.debug("llm_magic: a hash callback failed", exc_info=True)
+            for callback in callbacks:
+                try:
+                    callback(digest)
+                except Exception:  # a display or log update failing must not stop the others
+                    log.debug("llm_magic: a hash callback failed", exc_info=True)
             done.set()
 
         thread = threading.Thread(target=work, name="llm_magic-hash", daemon=True)

@@ -33,7 +33,7 @@ def test_hash_later_calls_back_from_a_thread_once_per_file(tmp_path):
     got: list[str] = []
     done = threading.Event()
 
-    def then(digest: str) -> None:
+    def then(digest: str | None) -> None:
         got.append(digest)
         if len(got) == 2:
             done.set()
