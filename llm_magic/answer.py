@@ -130,7 +130,8 @@ def time_report(answer: Answer, started: float, times: dict[str, float]) -> str:
             parts.append(f"prompt evaluation {end - locked:.2f} s, unfinished ({answer.n_prompt_evaluated} tokens)")
         else:
             parts.append(f"prompt evaluation {first_sample:.2f} s ({answer.n_prompt_evaluated} tokens)")
-            parts.append(f"generation {max(end - locked - first_sample, 0):.2f} s ({answer.n_tokens} tokens)")
+            n = answer.n_tokens
+            parts.append(f"generation {max(end - locked - first_sample, 0):.2f} s ({n} token{'s' if n != 1 else ''})")
     return "; ".join(parts)
 
 

@@ -155,7 +155,10 @@ def test_refusal_in_a_cell_and_in_the_status(ip, wide_model):
     with pytest.raises(UsageError) as info:
         run(ip, "%%ask -m big -n 2\nhi")
     assert "needs about" in str(info.value) and "\n" not in str(info.value)
-    llm_magic.preload("big")  # a background load: the refusal is kept, shown in the status
+    [entry] = llm_magic.preload("big")  # a background load: the refusal is kept, shown in the status
+    assert entry.future is not None
+    with pytest.raises(ModelTooLarge):
+        entry.future.result(timeout=60)
     row = next(r for r in llm_magic.models() if r["name"] == "big" and r.get("error"))
     assert "memory_budget" in row["error"]
     assert "needs about" in llm_magic.status_table()
