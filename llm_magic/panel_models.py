@@ -162,7 +162,8 @@ def _on_gpu(entry: Entry | None) -> str:
 def answer_area_html(a: Answer) -> str:
     """The answer area under a finished answer: the same renderer as while it streamed, the marker
     of a partial answer, and where a timed-out request's time went (``time_report``)."""
-    return answer_html(a.text, a.marker(), note=getattr(a, "time_report", None))
+    notes = [n for n in (getattr(a, "time_report", None), *getattr(a, "notes", ())) if n]
+    return answer_html(a.text, a.marker(), note=notes, thinking=a.thinking, thinking_tokens=a.thinking_tokens)
 
 
 def answer_status_html(a: Answer, queued: bool = False) -> str:

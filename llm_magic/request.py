@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import runtime
+from . import settings as settings_mod
 from .answer import Answer, build_answer, time_report
 from .cache import ModelCache
 from .cache_entry import Entry
@@ -25,6 +26,7 @@ from .errors import ConfigError, LLMMagicError, LoadTimeout
 from .interrupts import sigint_stops
 from .model_queue import ModelQueue
 from .request_options import resolve_options
+from .thinking import ThinkingSplitter, join
 
 log = logging.getLogger("llm_magic")
 
@@ -70,6 +72,7 @@ class Stream:
         on_status: Callable[[str], None] | None = None,
         cancel_if: Callable[[], bool] | None = None,
         images: Sequence[Any] | None = None,
+        think: bool | None = None,
         **sampling: Any,
     ):
         self.started = time.monotonic()
@@ -79,6 +82,8 @@ class Stream:
         self.spec, self.images = options.spec, options.images
         self.prompt, self.raw, self.system = prompt, raw, options.system
         self.conversation = conversation
+        self.think_asked = think is not None  # --think/--no-think: say so when the model cannot
+        self.think = think if think is not None else settings_mod.current().think
         self.timeout, self.max_tokens, self.sampling = options.timeout, options.max_tokens, options.sampling
         self.deadline = self.started + self.timeout if self.timeout else None
         self.on_status = on_status
@@ -93,6 +98,8 @@ class Stream:
         self._stats: StreamStats | None = None
         self._times: dict[str, float] = {}
         self._n_chunks = 0
+        self._splitter: ThinkingSplitter | None = None  # a reasoning model: thinking apart from the answer
+        self._notes: list[str] = []
         self._iter: Generator[str, None, None] = self._run()
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -314,7 +321,11 @@ class Stream:
             conversation=conv,
             max_tokens=self.max_tokens,
             images=self.images or None,
+            think=self.think,
         )
+        if self.think_asked and not prepared.think_switch:
+            flag = "--think" if self.think else "--no-think"
+            self._notes.append(f"{self.model_name} cannot switch its thinking on or off: {flag} changed nothing")
         times["gen_start"] = time.monotonic()
         chunks = model.stream(
             prepared,
@@ -324,8 +335,13 @@ class Stream:
             deadline=self.deadline,
             **self.sampling,
         )
+        source: Iterator[str] = chunks
+        splitter = None
+        if prepared.thinking is not None:
+            splitter = self._splitter = ThinkingSplitter(prepared.thinking, prepared.thinking_open)
+            source = splitter.wrap(chunks, lambda: stats.n_tokens)
         try:
-            for piece in chunks:
+            for piece in source:
                 now = time.monotonic()
                 if "first" not in times:
                     times["first"] = now
@@ -336,15 +352,19 @@ class Stream:
                 yield piece
         finally:
             chunks.close()
+            if splitter is not None:
+                pieces.extend(splitter.flush())  # held back for a marker that never came
+            answer, thinking = join(pieces)
             if conv is not None:  # partial answers too: the user saw them
                 conv.record(
                     self.prompt,
-                    "".join(pieces),
+                    answer,
                     self._stop_reason or stats.finish_reason or "stop",
                     prepared.turns_used,
                     stats.context_tokens,
                     stats.context_text,
                     prepared.system,
+                    thinking=thinking,
                 )
 
     def _release(self, cache: ModelCache, entry: Entry, queue: ModelQueue, acquired: bool) -> None:
@@ -356,7 +376,13 @@ class Stream:
     def _finish(self, pieces: list[str], meta: dict[str, Any]) -> Answer:
         stats: StreamStats | None = meta.pop("stats", None)
         meta["n_chunks"] = len(pieces)
-        return build_answer("".join(pieces), stats, self._times, self._stop_reason, self.started, meta)
+        text, thinking = join(pieces)
+        splitter = self._splitter
+        if splitter is not None:
+            meta.update(thinking=thinking, thinking_tokens=splitter.n_thinking, in_thinking=splitter.thinking)
+        if self._notes:
+            meta["notes"] = list(self._notes)
+        return build_answer(text, stats, self._times, self._stop_reason, self.started, meta)
 
 
 def stream(

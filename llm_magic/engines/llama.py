@@ -20,11 +20,15 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jinja2 import TemplateError
+
 from .. import default_model
 from .. import settings as settings_mod
+from ..chat_templates import ChatTemplate, compile_error
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
 from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
+from ..thinking import ThinkingTags, find_tags, tags_from_option
 from . import kv_states, llama_loop, llama_memory, llama_options, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
@@ -37,6 +41,30 @@ if TYPE_CHECKING:
     from ..conversation import Conversation
     from ..images import Image
     from ..specs import ModelSpec
+
+
+# end-of-turn markers: text stops where a template writes one (none may leak into an answer)
+END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<turn|>",
+    "<|end|>",
+    "<|return|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<｜end▁of▁sentence｜>",
+)
+
+
+def end_of_turn_stops(template: str, eos: str, tags: ThinkingTags | None) -> list[str]:
+    """Stop strings of a chat template: its EOS and the end-of-turn markers it writes (a thinking
+    marker, such as gpt-oss's ``<|end|>`` after its analysis, is not a stop)."""
+    markers = set(tags.tokens) if tags is not None else set()
+    stops = [eos] if eos else []
+    stops += [m for m in END_OF_TURN if m in template and m != eos]
+    return [s for s in stops if s not in markers]
 
 
 def _trained_context(path: str) -> int | None:
@@ -77,8 +105,10 @@ class LocalModel:
         self.chat_handler = chat_handler  # the vision chat handler's name
         self._closed = False
         self._lc: Any = private.install_hooks()  # the llama_cpp package
-        self._chat_render: private.ChatRender | None = None  # built at the first chat prompt
+        self._template: ChatTemplate | None = None  # compiled at the first chat prompt
+        self._stops: list[str] = []  # its end-of-turn stop strings
         self._bos_text = ""
+        self.thinking_tags: ThinkingTags | None = None  # set by load (template, tokenizer, alias)
         self._kv = llama_loop.KVContext(self._lc, llm, n_ctx)  # what the KV cache holds
         self._saved = kv_states.SavedStates()  # other conversations' KV state, while one runs
         self.device: dict[str, Any] = {}  # device, gpu_layers, flash_attn, kv_type (llama_options)
@@ -125,6 +155,8 @@ class LocalModel:
                     raise ModelLoadError(f"loading {path} was abandoned (unloaded or shutting down)") from None
                 reason = diagnose(path) or private.native_reason(lines) or str(e)
                 raise ModelLoadError(f"cannot load {path}: {reason}") from None
+            except TemplateError as e:  # llama-cpp-python compiles the GGUF's templates as it loads
+                raise compile_error(spec.display_name, e) from None
         if handler is not None:
             llama_vision.init_projector(handler, llm, spec)
         llm.verbose = False  # no timing prints per generation
@@ -141,7 +173,30 @@ class LocalModel:
             chat_handler=handler_name,
         )
         model.device = llama_options.device_info(llm, spec, lines)
+        model._find_thinking()
         return model
+
+    def _find_thinking(self) -> None:
+        """The thinking markers (alias ``thinking_tags``, else the template's or the tokenizer's);
+        their special tokens are shown as text so the splitter sees them (gpt-oss's channels)."""
+        llm = self.llm
+        if self.spec.thinking_tags is not None:
+            tags = tags_from_option(list(self.spec.thinking_tags), f"model {self.spec.display_name!r}: ")
+        else:
+
+            def one_token(text: str) -> bool:
+                return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) == 1
+
+            tags = find_tags(self.chat_template if self.spec.chat != "completion" else None, one_token)
+        self.thinking_tags = tags
+        if tags is not None:
+            shown = {
+                t
+                for marker in tags.tokens
+                for t in llm.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+                if not llm.detokenize([t], special=False)
+            }
+            self._kv.shown_special = frozenset(shown)
 
     # ---- prompting -----------------------------------------------------------------------
 
@@ -154,6 +209,7 @@ class LocalModel:
         conversation: Conversation | None = None,
         max_tokens: int = 0,
         images: Sequence[Image] | None = None,
+        think: bool | None = None,
     ) -> Prepared:
         """Tokenize the request the way this model expects it.
 
@@ -176,7 +232,7 @@ class LocalModel:
             mode = "completion"
         special = mode != "raw"
         while True:
-            text, stop, add_bos = self._render(mode, turns, prompt, system)
+            text, stop, add_bos = self._render(mode, turns, prompt, system, think)
             tokens: list[int] | None = None
             if (
                 conversation is not None
@@ -201,9 +257,18 @@ class LocalModel:
                 f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
             )
         session = conversation.name if conversation is not None else None
-        return Prepared(
+        prepared = Prepared(
             mode=mode, text=text, tokens=tokens, stop=stop, turns_used=len(turns), system=system, session=session
         )
+        tags = self.thinking_tags if mode == "chat" else None
+        if tags is not None:
+            at = text.rfind(prompt)
+            prepared.thinking = tags
+            prepared.thinking_open = tags.starts_open(text[at + len(prompt) :] if at != -1 else text[-200:])
+        prepared.think_switch = (
+            mode == "chat" and self._template is not None and self._template.think_switch is not None
+        )
+        return prepared
 
     def _prepare_vision(
         self, prompt: str, images: Sequence[Image], system: str | None, turns: list[TurnLike]
@@ -214,26 +279,39 @@ class LocalModel:
         messages = image_messages(turns, prompt, system, images)
         return Prepared(mode="vision", text=prompt, messages=messages, turns_used=len(turns), system=system)
 
-    def _render(self, mode: str, turns: list[TurnLike], prompt: str, system: str | None) -> tuple[str, list[str], bool]:
+    def _render(
+        self, mode: str, turns: list[TurnLike], prompt: str, system: str | None, think: bool | None = None
+    ) -> tuple[str, list[str], bool]:
         """The prompt text, the stop strings it needs, and whether a BOS token may go in front."""
         if mode == "raw":
             return raw_text(turns, prompt), [], True
         if mode == "chat":
-            return self._render_chat(turns, prompt, system)
+            return self._render_chat(turns, prompt, system, think)
         return qa_text(turns, prompt, system), list(QA_STOP), True
 
-    def _render_chat(self, turns: list[TurnLike], prompt: str, system: str | None) -> tuple[str, list[str], bool]:
-        render = self._chat_render
-        if render is None:
+    def chat_template_of(self) -> ChatTemplate:
+        """The model's chat template, compiled (once) with its own BOS and EOS text."""
+        template = self._template
+        if template is None:
             llm = self.llm
             eos_id, bos_id = llm.token_eos(), llm.token_bos()
             eos = private.token_text(llm, eos_id) if eos_id != -1 else ""
             self._bos_text = private.token_text(llm, bos_id) if bos_id != -1 else ""
-            render = self._chat_render = private.chat_formatter(self.chat_template or "", eos, self._bos_text)
-        text, stop = render(chat_messages(turns, prompt, system))
+            template = ChatTemplate(
+                self.chat_template or "", bos_token=self._bos_text, eos_token=eos, model=self.spec.display_name
+            )
+            self._template = template
+            self._stops = end_of_turn_stops(template.source, eos, self.thinking_tags)
+        return template
+
+    def _render_chat(
+        self, turns: list[TurnLike], prompt: str, system: str | None, think: bool | None
+    ) -> tuple[str, list[str], bool]:
+        template = self.chat_template_of()
+        text = template.render(chat_messages(turns, prompt, system), think=think)
         # The template may already write the BOS token as text; then don't add another.
         bos = self._bos_text
-        return text, stop, not (bos and text.startswith(bos))
+        return text, list(self._stops), not (bos and text.startswith(bos))
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -327,11 +405,20 @@ class LocalModel:
         return {
             "n_ctx": self.n_ctx,
             "mlock": self.mlock,
+            "chat_template": self.template_name(),
             "chat_handler": self.chat_handler,
             "kv_states": kv_states,
             "kv_bytes": kv_bytes,
             **self.device,
         }
+
+    def template_name(self) -> str | None:
+        """Which chat template the model uses: its family and a short hash (None: no template)."""
+        if not self.chat_template or self.spec.chat == "completion":
+            return None
+        from ..chat_templates import template_id
+
+        return template_id(self.chat_template)
 
     def close(self) -> None:
         if not self._closed:

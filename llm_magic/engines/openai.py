@@ -158,6 +158,7 @@ class RemoteModel:
         conversation: Conversation | None = None,
         max_tokens: int = 0,
         images: Sequence[Image] | None = None,
+        think: bool | None = None,  # the server's chat template decides (not switched from here)
     ) -> Prepared:
         """Chat messages (with image parts when there are images), or the prompt text for
         ``--raw`` and the completions endpoint. The server applies its own chat template."""
