@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
+import llama_templates
 import pytest
+from llama_templates import template_model
 
 import llm_magic
 from llm_magic import runtime
@@ -19,62 +20,8 @@ from llm_magic.chat_templates import ChatTemplate, ChatTemplateError, merge_syst
 from conftest import evaluated_prompt, evaluated_tokens, run_error
 from tiny_gguf import write_tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-# a template's special tokens: <|im_start|>, <｜User｜>, <start_of_turn>, <turn|>, <think>, [INST], [gMASK], ...
-_MARKER = re.compile(r"</?[|｜]?[A-Za-z_][^<>\s{}%'\"+()]{0,40}?[|｜]?>|\[/?[A-Za-z_]{3,20}\]")
-_BOS = ("<|begin_of_text|>", "<bos>", "<｜begin▁of▁sentence｜>", "<|startoftext|>")
-_EOS = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<end_of_turn>",
-    "<turn|>",
-    "<|return|>",
-    "<|end|>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>",
-    "<|END_OF_TURN_TOKEN|>",
-)
-
-
-def _vendored_templates() -> tuple[list[Path], str]:
-    """The .jinja templates of the sdist's llama.cpp (the sdist fetched with pip like the llama-bench
-    build does), or ([], why not)."""
-    try:
-        from llama_bench_build import vendored_llama_cpp
-
-        vendor, why = vendored_llama_cpp(log=lambda _s: None)
-    except Exception as e:  # noqa: BLE001 - no pip, no network: the reason is the skip message
-        vendor, why = None, f"{type(e).__name__}: {e}"
-    if vendor is None:
-        return [], why
-    found = sorted((vendor / "models" / "templates").glob("*.jinja"))
-    return found, "" if found else f"no templates in {vendor / 'models' / 'templates'}"
-
-
-TEMPLATES, WHY_NONE = _vendored_templates()
+TEMPLATES, WHY_NONE = llama_templates.TEMPLATES, llama_templates.WHY_NONE
 RAN: list[str] = []
-
-
-def template_model(path: Path, out_dir: Path) -> tuple[Path, list[str], str]:
-    """A tiny GGUF carrying the template at ``path``, its special tokens real tokens; returns
-    (the model, the special tokens, the BOS text)."""
-    source = path.read_text(encoding="utf-8")
-    specials = sorted({m for m in _MARKER.findall(source) if m not in ("<s>", "</s>", "<unk>")})
-    bos = next((b for b in _BOS if b in source), "<s>")
-    eos = next((e for e in _EOS if e in source), "</s>")
-    specials += [t for t in (bos, eos) if t not in specials and t not in ("<s>", "</s>")]
-    model = write_tiny_model(
-        out_dir / f"{path.stem}.gguf",
-        chat_template=source,
-        special_tokens=specials,
-        bos_token=bos,
-        eos_token=eos,
-        n_ctx_train=8192,
-        n_vocab_extra=400,
-    )
-    return model, specials, bos
 
 
 @pytest.fixture(scope="module", autouse=True)

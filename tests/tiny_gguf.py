@@ -529,6 +529,7 @@ def write_tiny_model(
     user_tokens: Sequence[str] = (),
     bos_token: str = "<s>",
     eos_token: str = "</s>",
+    add_space_prefix: bool | None = None,
 ) -> pathlib.Path:
     """Write a tiny random llama GGUF model to ``path`` and return the path.
 
@@ -551,6 +552,8 @@ def write_tiny_model(
         user_tokens: User-defined tokens (shown as text when generated, like
             Qwen3's ``<think>``); not suppressed.
         bos_token, eos_token: Which tokens are BOS and EOS (one of the above).
+        add_space_prefix: ``tokenizer.ggml.add_space_prefix`` (None: not written,
+            llama.cpp's default: a space before the text, and after each special token).
 
     Returns:
         ``pathlib.Path(path)``.  Same arguments -> byte-identical file.
@@ -600,6 +603,8 @@ def write_tiny_model(
     writer.add_eos_token_id(tokens.index(eos_token))
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    if add_space_prefix is not None:
+        writer.add_add_space_prefix(add_space_prefix)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
