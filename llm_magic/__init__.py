@@ -18,10 +18,12 @@ from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
 from .cache_entry import Entry, load_options, model_identity
+from .chat_templates import ChatTemplateError
 from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, PromptTooLong
 from .ipython import load_ipython_extension, unload_ipython_extension
 from .request import Stream, ask, stream
 from .specs import default_model_name, resolve
+from .thinking import Thinking
 
 if TYPE_CHECKING:
     from .ask_panel import AskPanel
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "Stream",
+    "Thinking",
     "ask",
     "stream",
     "preload",
@@ -47,6 +50,7 @@ __all__ = [
     "ModelNotFound",
     "ModelLoadError",
     "PromptTooLong",
+    "ChatTemplateError",
 ]
 
 log = logging.getLogger("llm_magic")

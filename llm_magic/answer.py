@@ -86,7 +86,6 @@ class Answer(str):
             "ttft_s",
             "total_s",
             "tokens_per_s",
-            "thinking_tokens",
             "model",
         )
         return {k: getattr(self, k) for k in keys}

@@ -21,6 +21,7 @@ HEADER = (
     "last used",
     "device",
     "mlock",
+    "template",
     "kv cache",
     "error / note",
 )
@@ -95,6 +96,7 @@ def test_columns_line_up_and_cells_are_formatted():
         "used",
         "device",
         "mlock",
+        "template",
         "kv",
         "cache",
         "error",
@@ -102,7 +104,7 @@ def test_columns_line_up_and_cells_are_formatted():
         "note",
     ]
     assert set(rule.replace("  ", "")) == {"-"}
-    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "-", "on", "-", ""]
+    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "-", "on", "-", "-", ""]
     second_cells = cells(second, header)
     assert second_cells[:10] == [
         "a-much-longer-name.gguf",
@@ -193,3 +195,10 @@ def test_status_of_real_models(ip, tiny_model):
     assert rows["later"][1:6] == ["n_ctx=128", "unloaded", "-", "-", "0"]  # configured, not loaded yet
     _, out = run(ip, "%llm status")
     assert out.strip() == table
+
+
+def test_the_chat_template_column():
+    table = status_table([row(chat_template="qwen3 87a2728c"), row(name="base.gguf")])
+    header, _, first, second = table.splitlines()
+    at = HEADER.index("template")
+    assert cells(first, header)[at] == "qwen3 87a2728c" and cells(second, header)[at] == "-"

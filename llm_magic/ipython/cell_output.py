@@ -69,7 +69,10 @@ class StreamDisplay:
         else:
             bundle = {"text/plain": self.text + CURSOR}
         if self.markdown:
-            bundle["text/html"] = interim_html(self.text, self.thinking.strip(), self._thinking_live)
+            thinking = self.thinking.strip()
+            bundle["text/html"] = (
+                interim_html(self.text, thinking, self._thinking_live) if thinking else interim_html(self.text)
+            )
         return bundle
 
     def _status(self, message: str) -> dict[str, str]:
