@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import runtime
@@ -25,28 +24,13 @@ from .engines.base import Engine, StreamStats
 from .errors import ConfigError, LLMMagicError, LoadTimeout
 from .interrupts import sigint_stops
 from .model_queue import ModelQueue
+from .progress import PHASES, Progress
 from .request_options import resolve_options
-from .thinking import ThinkingSplitter, join
+from .thinking import ThinkingSplitter, answer_fields, join, split_stream, think_note
+
+__all__ = ["PHASES", "Progress", "Stream", "ask", "stream"]  # PHASES, Progress: from .progress
 
 log = logging.getLogger("llm_magic")
-
-PHASES = ("start", "load", "queue", "prompt", "generate", "done")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a request stands: what a status line shows."""
-
-    model: str
-    phase: str  # one of PHASES
-    elapsed_s: float
-    n_tokens: int  # chunks streamed so far (one per token for local models)
-    tokens_per_s: float | None
-    ttft_s: float | None
-    loading_s: float | None  # how long the model has been loading, in the "load" phase
-    stopping: bool
-    prompt_tokens: int = 0  # prompt tokens to evaluate (not reused from the KV cache), once known
-    prompt_done: int = 0  # of those, evaluated so far: "reading the prompt 1,024 / 4,461 tokens"
 
 
 def _message(exc: BaseException) -> str:
@@ -99,7 +83,7 @@ class Stream:
         self._times: dict[str, float] = {}
         self._n_chunks = 0
         self._splitter: ThinkingSplitter | None = None  # a reasoning model: thinking apart from the answer
-        self._notes: list[str] = []
+        self._notes: list[str] = []  # short notes for under the answer
         self._iter: Generator[str, None, None] = self._run()
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -324,8 +308,7 @@ class Stream:
             think=self.think,
         )
         if self.think_asked and not prepared.think_switch:
-            flag = "--think" if self.think else "--no-think"
-            self._notes.append(f"{self.model_name} cannot switch its thinking on or off: {flag} changed nothing")
+            self._notes.append(think_note(self.model_name, self.think))
         times["gen_start"] = time.monotonic()
         chunks = model.stream(
             prepared,
@@ -335,11 +318,8 @@ class Stream:
             deadline=self.deadline,
             **self.sampling,
         )
-        source: Iterator[str] = chunks
-        splitter = None
-        if prepared.thinking is not None:
-            splitter = self._splitter = ThinkingSplitter(prepared.thinking, prepared.thinking_open)
-            source = splitter.wrap(chunks, lambda: stats.n_tokens)
+        source, splitter = split_stream(prepared.thinking, prepared.thinking_open, chunks, lambda: stats.n_tokens)
+        self._splitter = splitter
         try:
             for piece in source:
                 now = time.monotonic()
@@ -376,12 +356,8 @@ class Stream:
     def _finish(self, pieces: list[str], meta: dict[str, Any]) -> Answer:
         stats: StreamStats | None = meta.pop("stats", None)
         meta["n_chunks"] = len(pieces)
-        text, thinking = join(pieces)
-        splitter = self._splitter
-        if splitter is not None:
-            meta.update(thinking=thinking, thinking_tokens=splitter.n_thinking, in_thinking=splitter.thinking)
-        if self._notes:
-            meta["notes"] = list(self._notes)
+        text, fields = answer_fields(self._splitter, pieces)
+        meta.update(fields, **({"notes": list(self._notes)} if self._notes else {}))
         return build_answer(text, stats, self._times, self._stop_reason, self.started, meta)
 
 

@@ -13,8 +13,9 @@ marker, never at the whole answer, so a long answer costs the same per token as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
 
@@ -186,6 +187,29 @@ class ThinkingSplitter:
             seen = n
             yield from parts
         yield from self.flush()
+
+
+def split_stream(
+    tags: ThinkingTags | None, opened: bool, chunks: Iterator[str], n_tokens: Callable[[], int]
+) -> tuple[Iterator[str], ThinkingSplitter | None]:
+    """A request's stream with the thinking split off (as it is, for a model without markers)."""
+    if tags is None:
+        return chunks, None
+    splitter = ThinkingSplitter(tags, opened)
+    return splitter.wrap(chunks, n_tokens), splitter
+
+
+def answer_fields(splitter: ThinkingSplitter | None, pieces: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """The answer's text and its ``Answer`` fields about the thinking."""
+    text, thinking = join(pieces)
+    if splitter is None:
+        return text, {}
+    return text, {"thinking": thinking, "thinking_tokens": splitter.n_thinking, "in_thinking": splitter.thinking}
+
+
+def think_note(model: str, think: bool | None) -> str:
+    """The note under an answer whose ``--think``/``--no-think`` the model's template cannot honour."""
+    return f"{model} cannot switch its thinking on or off: {'--think' if think else '--no-think'} changed nothing"
 
 
 def join(pieces: Iterable[str]) -> tuple[str, str]:

@@ -28,8 +28,10 @@ RAN: list[str] = []
 def _say_how_many(request):
     yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and TEMPLATES:
-        reporter.write_line(f"llama.cpp chat templates: {len(RAN)} of {len(TEMPLATES)} ran every check")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and TEMPLATES:
+        with capture.global_and_fixture_disabled():  # said on the terminal, not into captured output
+            reporter.write_line(f"\nllama.cpp chat templates: {len(RAN)} of {len(TEMPLATES)} ran every check")
 
 
 @pytest.mark.skipif(not TEMPLATES and not os.environ.get("CI"), reason=f"llama.cpp's templates: {WHY_NONE}")

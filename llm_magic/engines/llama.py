@@ -9,6 +9,7 @@ sure one request at a time calls ``prepare`` and ``stream``.
 
 Helpers, one job each: ``llama_loop`` (decoding, the KV cache, saved conversation states),
 ``llama_sampler`` (choosing tokens), ``llama_private`` (every private llama-cpp-python name),
+``llama_chat`` (the chat template, its end-of-turn stops, the thinking markers),
 ``llama_vision`` (chat handlers for a projector), ``llama_memory`` (mlock, freeing memory),
 ``llama_grammar`` (checking GBNF), ``stops`` (stop strings).
 """
@@ -24,12 +25,12 @@ from jinja2 import TemplateError
 
 from .. import default_model
 from .. import settings as settings_mod
-from ..chat_templates import ChatTemplate, compile_error
+from ..chat_templates import compile_error
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
-from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
-from ..thinking import ThinkingTags, find_tags, tags_from_option
-from . import kv_states, llama_loop, llama_memory, llama_options, llama_vision
+from ..prompts import QA_STOP, TurnLike, image_messages, qa_text, raw_text
+from ..thinking import ThinkingTags
+from . import kv_states, llama_chat, llama_loop, llama_memory, llama_options, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
 from .llama_grammar import checked_grammar
@@ -41,30 +42,6 @@ if TYPE_CHECKING:
     from ..conversation import Conversation
     from ..images import Image
     from ..specs import ModelSpec
-
-
-# end-of-turn markers: text stops where a template writes one (none may leak into an answer)
-END_OF_TURN = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<end_of_turn>",
-    "<turn|>",
-    "<|end|>",
-    "<|return|>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<|END_OF_TURN_TOKEN|>",
-    "<｜end▁of▁sentence｜>",
-)
-
-
-def end_of_turn_stops(template: str, eos: str, tags: ThinkingTags | None) -> list[str]:
-    """Stop strings of a chat template: its EOS and the end-of-turn markers it writes (a thinking
-    marker, such as gpt-oss's ``<|end|>`` after its analysis, is not a stop)."""
-    markers = set(tags.tokens) if tags is not None else set()
-    stops = [eos] if eos else []
-    stops += [m for m in END_OF_TURN if m in template and m != eos]
-    return [s for s in stops if s not in markers]
 
 
 def _trained_context(path: str) -> int | None:
@@ -105,10 +82,8 @@ class LocalModel:
         self.chat_handler = chat_handler  # the vision chat handler's name
         self._closed = False
         self._lc: Any = private.install_hooks()  # the llama_cpp package
-        self._template: ChatTemplate | None = None  # compiled at the first chat prompt
-        self._stops: list[str] = []  # its end-of-turn stop strings
-        self._bos_text = ""
         self.thinking_tags: ThinkingTags | None = None  # set by load (template, tokenizer, alias)
+        self._chat = llama_chat.ChatSide(llm, spec, chat_template, None)  # chat prompts
         self._kv = llama_loop.KVContext(self._lc, llm, n_ctx)  # what the KV cache holds
         self._saved = kv_states.SavedStates()  # other conversations' KV state, while one runs
         self.device: dict[str, Any] = {}  # device, gpu_layers, flash_attn, kv_type (llama_options)
@@ -173,30 +148,9 @@ class LocalModel:
             chat_handler=handler_name,
         )
         model.device = llama_options.device_info(llm, spec, lines)
-        model._find_thinking()
+        model.thinking_tags, model._kv.shown_special = llama_chat.thinking_of(llm, spec, model.chat_template)
+        model._chat.tags = model.thinking_tags
         return model
-
-    def _find_thinking(self) -> None:
-        """The thinking markers (alias ``thinking_tags``, else the template's or the tokenizer's);
-        their special tokens are shown as text so the splitter sees them (gpt-oss's channels)."""
-        llm = self.llm
-        if self.spec.thinking_tags is not None:
-            tags = tags_from_option(list(self.spec.thinking_tags), f"model {self.spec.display_name!r}: ")
-        else:
-
-            def one_token(text: str) -> bool:
-                return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) == 1
-
-            tags = find_tags(self.chat_template if self.spec.chat != "completion" else None, one_token)
-        self.thinking_tags = tags
-        if tags is not None:
-            shown = {
-                t
-                for marker in tags.tokens
-                for t in llm.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
-                if not llm.detokenize([t], special=False)
-            }
-            self._kv.shown_special = frozenset(shown)
 
     # ---- prompting -----------------------------------------------------------------------
 
@@ -265,9 +219,7 @@ class LocalModel:
             at = text.rfind(prompt)
             prepared.thinking = tags
             prepared.thinking_open = tags.starts_open(text[at + len(prompt) :] if at != -1 else text[-200:])
-        prepared.think_switch = (
-            mode == "chat" and self._template is not None and self._template.think_switch is not None
-        )
+        prepared.think_switch = mode == "chat" and self._chat.can_switch_thinking()
         return prepared
 
     def _prepare_vision(
@@ -286,32 +238,8 @@ class LocalModel:
         if mode == "raw":
             return raw_text(turns, prompt), [], True
         if mode == "chat":
-            return self._render_chat(turns, prompt, system, think)
+            return self._chat.render(turns, prompt, system, think)
         return qa_text(turns, prompt, system), list(QA_STOP), True
-
-    def chat_template_of(self) -> ChatTemplate:
-        """The model's chat template, compiled (once) with its own BOS and EOS text."""
-        template = self._template
-        if template is None:
-            llm = self.llm
-            eos_id, bos_id = llm.token_eos(), llm.token_bos()
-            eos = private.token_text(llm, eos_id) if eos_id != -1 else ""
-            self._bos_text = private.token_text(llm, bos_id) if bos_id != -1 else ""
-            template = ChatTemplate(
-                self.chat_template or "", bos_token=self._bos_text, eos_token=eos, model=self.spec.display_name
-            )
-            self._template = template
-            self._stops = end_of_turn_stops(template.source, eos, self.thinking_tags)
-        return template
-
-    def _render_chat(
-        self, turns: list[TurnLike], prompt: str, system: str | None, think: bool | None
-    ) -> tuple[str, list[str], bool]:
-        template = self.chat_template_of()
-        text = template.render(chat_messages(turns, prompt, system), think=think)
-        # The template may already write the BOS token as text; then don't add another.
-        bos = self._bos_text
-        return text, list(self._stops), not (bos and text.startswith(bos))
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -405,20 +333,12 @@ class LocalModel:
         return {
             "n_ctx": self.n_ctx,
             "mlock": self.mlock,
-            "chat_template": self.template_name(),
+            "chat_template": self._chat.name,
             "chat_handler": self.chat_handler,
             "kv_states": kv_states,
             "kv_bytes": kv_bytes,
             **self.device,
         }
-
-    def template_name(self) -> str | None:
-        """Which chat template the model uses: its family and a short hash (None: no template)."""
-        if not self.chat_template or self.spec.chat == "completion":
-            return None
-        from ..chat_templates import template_id
-
-        return template_id(self.chat_template)
 
     def close(self) -> None:
         if not self._closed:
