@@ -283,3 +283,17 @@ def test_bad_thinking_tags_are_one_line(tiny_model):
         llm_magic.current_settings().models = {"bad": {"path": tiny_model, "thinking_tags": ["<t>"]}}
     with pytest.raises(TraitError, match=r"model 'bad': thinking_tags must be a list"):
         llm_magic.current_settings().models = {"bad": {"path": tiny_model, "thinking_tags": "<t>"}}
+
+
+def test_the_thinking_is_sanitized_like_the_answer():
+    from llm_magic.rendering import answer_html, interim_html
+
+    evil = "<script>alert(1)</script><img src=x onerror=alert(1)> [x](javascript:alert(1))"
+    for html in (
+        answer_html("ok", thinking=evil, thinking_tokens=3),
+        interim_html("", evil, True),
+        interim_html("a", evil),
+    ):
+        assert "<script" not in html and "<img" not in html and 'href="javascript' not in html, html
+        assert html.count("<details") + html.count('<div class="llm-magic-thinking"') == 1
+    assert "<details " in answer_html("ok", thinking="t") and " open" not in answer_html("ok", thinking="t")
