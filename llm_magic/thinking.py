@@ -45,13 +45,14 @@ class ThinkingTags:
         return (self.open, self.close, *self.drop)
 
 
+THINK = ThinkingTags("<think>", "</think>")  # the usual markers (what a server passes through as text)
 GPT_OSS = ThinkingTags(
     "<|channel|>analysis<|message|>", "<|end|>", drop=("<|start|>assistant", "<|channel|>final<|message|>")
 )
 KNOWN_TAGS: tuple[ThinkingTags, ...] = (
     GPT_OSS,
     ThinkingTags("<seed:think>", "</seed:think>"),
-    ThinkingTags("<think>", "</think>"),
+    THINK,
     ThinkingTags("[THINK]", "[/THINK]"),
     ThinkingTags("<|START_THINKING|>", "<|END_THINKING|>"),
     ThinkingTags("<|channel>thought", "<channel|>"),
@@ -89,6 +90,8 @@ def _held(text: str, markers: Iterable[str]) -> int:
     """Length of the longest tail of ``text`` that may be the start of one of ``markers``."""
     longest = 0
     for m in markers:
+        if m[0] not in text[1 - len(m) :]:  # the usual case: not even the marker's first character
+            continue
         for k in range(min(len(m) - 1, len(text)), longest, -1):
             if text.endswith(m[:k]):
                 longest = k
@@ -179,6 +182,11 @@ class ThinkingSplitter:
         """Split a stream; ``n_tokens()`` is the engine's count of tokens generated so far."""
         seen = 0
         for piece in pieces:
+            if type(piece) is Thinking:  # a server that sends the reasoning apart (reasoning_content)
+                n = n_tokens()
+                self.n_thinking, seen = self.n_thinking + n - seen, n
+                yield piece
+                continue
             before = self.thinking
             parts = self.feed(piece)
             n = n_tokens()
@@ -203,7 +211,7 @@ def answer_fields(splitter: ThinkingSplitter | None, pieces: Iterable[str]) -> t
     """The answer's text and its ``Answer`` fields about the thinking."""
     text, thinking = join(pieces)
     if splitter is None:
-        return text, {}
+        return text, {"thinking": thinking} if thinking else {}
     return text, {"thinking": thinking, "thinking_tokens": splitter.n_thinking, "in_thinking": splitter.thinking}
 
 
