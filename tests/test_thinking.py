@@ -297,3 +297,17 @@ def test_the_thinking_is_sanitized_like_the_answer():
         assert "<script" not in html and "<img" not in html and 'href="javascript' not in html, html
         assert html.count("<details") + html.count('<div class="llm-magic-thinking"') == 1
     assert "<details " in answer_html("ok", thinking="t") and " open" not in answer_html("ok", thinking="t")
+
+
+def test_a_terminal_shows_the_thinking_between_brackets():
+    import io
+
+    from llm_magic.ipython.cell_output import StreamDisplay
+
+    out = io.StringIO()
+    view = StreamDisplay(mode="text", out=out)
+    for piece in (Thinking("Let me "), Thinking("see."), "Paris", "."):
+        view.add(piece)
+    view.finish()
+    assert out.getvalue() == "[thinking]\nLet me see.\n[end of thinking]\n\nParis.\n"
+    assert (view.text, view.thinking) == ("Paris.", "Let me see.")
