@@ -17,7 +17,7 @@ import llm_magic
 from llm_magic import runtime
 from llm_magic.chat_templates import ChatTemplate, ChatTemplateError, merge_system, template_id
 
-from conftest import evaluated_prompt, evaluated_tokens, run_error
+from conftest import evaluated_prompt, evaluated_tokens, run, run_error
 from tiny_gguf import write_tiny_model
 
 TEMPLATES, WHY_NONE = llama_templates.TEMPLATES, llama_templates.WHY_NONE
@@ -142,3 +142,18 @@ def test_template_ids_name_the_family_and_a_short_hash():
     assert re.fullmatch(r"chatml [0-9a-f]{8}", template_id("<|im_start|>{{ m }}"))
     assert re.fullmatch(r"template [0-9a-f]{8}", template_id("{{ messages }}"))
     assert template_id("a") != template_id("b")
+
+
+@pytest.mark.skipif(
+    llama_templates.template_path("google-gemma-2-2b-it") is None, reason=f"Gemma 2's template: {WHY_NONE}"
+)
+def test_gemma_2_gets_the_system_prompt_in_its_first_user_turn(tmp_path, ip):
+    path = llama_templates.template_path("google-gemma-2-2b-it")
+    assert path is not None
+    model, _, _ = template_model(path, tmp_path)
+    run(ip, f"%%ask -m {model} --system 'Answer in one word.' -n 3 -o a\nWhat is the capital of France?")
+    prompt = evaluated_prompt(ip.user_ns["a"], special=True)
+    assert prompt == (
+        "<s><start_of_turn>user\nAnswer in one word.\nWhat is the capital of France?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
