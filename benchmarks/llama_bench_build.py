@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import llama_cpp_build
-from llama_cpp_build import installed_version, missing_tools
+from llama_cpp_build import installed_version, missing_tools, vendored_llama_cpp
 
-__all__ = ["binary_path", "build", "installed_version", "missing_tools"]
+__all__ = ["binary_path", "build", "installed_version", "missing_tools", "vendored_llama_cpp"]
 
 
 def _legacy_path(version: str) -> Path:

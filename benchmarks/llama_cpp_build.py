@@ -96,6 +96,25 @@ def _sdist_tarball(version: str, log: Callable[[str], object]) -> tuple[Path | N
     return tarballs[0], ""
 
 
+def vendored_llama_cpp(log: Callable[[str], object] = print) -> tuple[Path | None, str]:
+    """The llama.cpp sources vendored in the installed llama-cpp-python's sdist (downloaded with pip
+    and extracted once, into the cache): (their folder, "") or (None, why they are not available).
+    Also what the chat-template tests read (llama.cpp's models/templates)."""
+    version = installed_version()
+    tarball, why = _sdist_tarball(version, log)
+    if tarball is None:
+        return None, why
+    src = cache_dir(version) / "src"
+    vendor = src / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    if not vendor.exists():
+        src.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(src, filter="data") if sys.version_info >= (3, 12) else tar.extractall(src)
+    if not (vendor / "CMakeLists.txt").exists():
+        return None, f"the sdist has no vendored llama.cpp at {vendor}"
+    return vendor, ""
+
+
 def build(tools: Iterable[str], log: Callable[[str], object] = print) -> tuple[dict[str, Path], str]:
     """Build whichever of `tools` are not cached yet; return ({tool: path}, "") or ({}, why they are not available)."""
     tools = list(dict.fromkeys(tools))
@@ -125,16 +144,9 @@ def _build_locked(
     if not todo:
         return paths, ""
     names = ", ".join(todo)
-    tarball, why = _sdist_tarball(version, log)
-    if tarball is None:
+    vendor, why = vendored_llama_cpp(log)
+    if vendor is None:
         return {}, why
-    src = root / "src"
-    vendor = src / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-    if not vendor.exists():
-        with tarfile.open(tarball) as tar:
-            tar.extractall(src, filter="data") if sys.version_info >= (3, 12) else tar.extractall(src)
-    if not (vendor / "CMakeLists.txt").exists():
-        return {}, f"the sdist has no vendored llama.cpp at {vendor}"
     build_dir = root / "build"
     jobs = str(os.cpu_count() or 2)
     logfile = root / "build.log"

@@ -49,6 +49,7 @@ SPEC_TYPES: dict[str, type] = {
     "model": str,
     "api_key_env": str,
     "endpoint": str,
+    "thinking_tags": list,  # [open, close]: the markers a reasoning model thinks between ([]: none)
     **model_options.TYPES,  # flash attention, KV cache types, GPU offload
 }
 SPEC_KEYS = tuple(SPEC_TYPES)
@@ -138,6 +139,10 @@ def check_alias(name: str, options: Mapping[str, Any]) -> None:
         if isinstance(value, int) and kind is int and value < (0 if key.startswith("n_threads") else 1):
             raise ConfigError(f"model {name!r}: {key} must be positive, got {value}")
     model_options.check(options, where=f"model {name!r}: ")
+    if "thinking_tags" in options:
+        from .thinking import tags_from_option
+
+        tags_from_option(options["thinking_tags"], where=f"model {name!r}: ")
 
 
 def parse_bytes(value: Any) -> int:
@@ -199,6 +204,12 @@ class Settings(HasTraits):
     ).tag(config=True)
     seed = Int(-1, help="Default sampling seed; -1 = random.").tag(config=True)
     system = Unicode("", help="Default system prompt.").tag(config=True)
+    think = Bool(
+        None,
+        allow_none=True,
+        help="Reasoning models: True/False switches thinking on/off where the chat template can "
+        "(Qwen3's enable_thinking, ...); None leaves the template's default.",
+    ).tag(config=True)
     stop = List(Unicode(), help="Default stop strings.").tag(config=True)
     models = Dict(
         help="Aliases: {'name': {'path': ..., 'n_ctx': ..., ...}} or "
@@ -210,8 +221,9 @@ class Settings(HasTraits):
     memory_budget = Union(
         [Int(), Unicode()],
         default_value=0,
-        help="Most bytes of model files loaded at once: bytes, '8GB', or '50%' of RAM "
-        "(0 = no limit). Least recently used idle models are evicted.",
+        help="Most memory loaded models take at once (their estimates: weights, KV cache, buffers): "
+        "bytes, '8GB', or '50%' of RAM (0 = no limit). Least recently used idle models are evicted; "
+        "a model that cannot fit on its own is refused before loading.",
     ).tag(config=True)
     keep_alive = Union(
         [Float(), Unicode()],
@@ -257,6 +269,24 @@ class Settings(HasTraits):
         config=True
     )
 
+    # asking about data (issue 15): summaries of {name}, the ask log, replay
+    context_budget = Int(
+        1000,
+        help="Most prompt tokens per {name} (and for %%ask --cells): a larger object is summarised by its "
+        "type (counted with the model's tokenizer; estimated for remote models). {name!full} sends it whole.",
+    ).tag(config=True)
+    log = Union(
+        [Bool(), Unicode()],
+        default_value=True,
+        help="The ask log (SQLite; %llm log): True = ~/.local/share/llm_magic/log.db "
+        "(or $LLM_MAGIC_DATA_DIR/log.db), a path, or False = off.",
+    ).tag(config=True)
+    cache = Bool(
+        False,
+        help="Answer an identical earlier request (same model file, options, seed and final prompt) "
+        "from the ask log, as %%ask --cache does; %%ask --fresh still asks the model.",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session_aliases: dict[str, dict[str, Any]] = {}  # %llm alias: this session only
@@ -294,7 +324,7 @@ class Settings(HasTraits):
             raise self._fail(proposal, "must be > 0 seconds")
         return proposal["value"]
 
-    @validate("max_tokens", "n_ctx")
+    @validate("max_tokens", "n_ctx", "context_budget")
     def _check_positive(self, proposal: Any) -> Any:
         if proposal["value"] <= 0:
             raise self._fail(proposal, "must be > 0")
