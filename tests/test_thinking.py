@@ -179,11 +179,12 @@ def test_no_think_on_a_model_without_the_switch_is_a_note(ip, chat_model):
 def test_a_timeout_while_thinking_says_so_and_keeps_the_reasoning(ip, qwen3, tmp_path):
     endless = tmp_path / "endless.gbnf"
     endless.write_text('root ::= "<think>\\n" ([a-z]+ " ")*\n')
+    llm_magic.current_settings().n_ctx = LONG_CTX  # a window it cannot fill in the time limit
     llm_magic.ask("Hi", model=qwen3, max_tokens=1)  # loaded: the time limit is for the thinking
-    run(ip, f"%%ask -m {qwen3} --grammar {endless} -t 4 -n 100000 -o a\nThink forever")
+    run(ip, f"%%ask -m {qwen3} --grammar {endless} -t 3 -n 100000 -o a\nThink forever")
     a = ip.user_ns["a"]
     assert a.finish_reason == "timeout" and a.in_thinking and a == "" and len(a.thinking) > 10
-    assert a.marker().startswith("timed out after 4 s while thinking — partial reasoning, ")
+    assert a.marker().startswith("timed out after 3 s while thinking — partial reasoning, ")
 
 
 @needs_qwen3
