@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import runtime
+from . import model_sources, runtime
 from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
@@ -25,6 +25,7 @@ from .specs import default_model_name, resolve
 
 if TYPE_CHECKING:
     from .ask_panel import AskPanel
+    from .model_finder import FoundModel
 
 __all__ = [
     "Answer",
@@ -33,6 +34,7 @@ __all__ = [
     "stream",
     "preload",
     "models",
+    "find_models",
     "unload",
     "cleanup_models",
     "last_answer",
@@ -92,6 +94,10 @@ def models() -> list[dict[str, Any]]:
             rows.append(_not_loaded(name, alias.get("path") or alias.get("base_url"), _options_of(name)))
             known.add(name)
     default = _default_row(entries, known)
+    for row in rows:  # an hf: model downloading before it loads: how far it is
+        progress = model_sources.progress(str(row.get("path") or "")) if row["state"] == "loading" else None
+        if progress is not None and progress.state == "downloading":
+            row["note"] = f"downloading {progress.text()}"
     return rows + ([default] if default is not None else [])
 
 
@@ -132,6 +138,17 @@ def _not_loaded(name: str, path: str | None, options: str, **extra: Any) -> dict
         "error": None,
     }
     return {**row, **extra}
+
+
+def find_models() -> list[FoundModel]:
+    """The GGUF models on this machine: ``AskMagics.model_dirs``, the Hugging Face cache, Ollama's
+    store, LM Studio's models and llama.cpp's cache. Each row: ``name`` (what ``-m`` takes), ``path``,
+    ``source``, ``size_bytes``, ``architecture``, ``quantization``, ``context_length``,
+    ``chat_template``, ``estimate_bytes`` and ``error`` (a broken file's reason) — read from GGUF
+    headers, never loading a model."""
+    from .model_finder import find_models as find
+
+    return find()
 
 
 def unload(name: str | None = None, *, all: bool = False) -> int:

@@ -516,6 +516,7 @@ def write_tiny_model(
     n_vocab_extra: int = 1000,
     seed: int = 0,
     suppress_special: bool = True,
+    split_max_tensors: int = 0,
 ) -> pathlib.Path:
     """Write a tiny random llama GGUF model to ``path`` and return the path.
 
@@ -560,7 +561,7 @@ def write_tiny_model(
         suppressed=suppressed,
     )
 
-    writer = gguf.GGUFWriter(out, "llama")
+    writer = gguf.GGUFWriter(out, "llama", split_max_tensors=split_max_tensors)
     writer.add_name("tiny-test")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(n_ctx_train)
@@ -592,6 +593,8 @@ def write_tiny_model(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_max_tensors:  # a split GGUF: NAME-00001-of-0000N.gguf ...; the first part is the model
+        return sorted(out.parent.glob(f"{out.stem}-00001-of-*.gguf"))[0]
     return out
 
 

@@ -27,6 +27,7 @@ from . import model_commands, session_commands
 from .cell_errors import CellErrors
 from .cell_output import StreamDisplay
 from .command_table import dispatch
+from .download_view import download_first
 from .formats import FORMATS, NO_CODE_BLOCK, code_for_next_cell, parse_json_answer
 from .interpolate import interpolate as interpolate_prompt
 from .parsing import json_grammar, parse_ask_line, read_grammar
@@ -197,6 +198,7 @@ class AskMagics(Magics, Settings):
 
     def run_ask(self, prompt: str, format: str = "markdown", **options: Any) -> Answer:
         """Stream one answer into the cell output and return it."""
+        download_first(options.get("model"), self.shell)  # an hf: model not in the cache: its progress bar
         try:
             # a kernel shutdown or restart request (handled on ipykernel's control thread) sets
             # shell.exit_now: stop at the next token so the kernel exits at once
