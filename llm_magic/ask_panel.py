@@ -215,6 +215,8 @@ class AskPanel(widgets.VBox):
         if stream is not None:
             self._stopping = True
             stream.stop("cancelled")
+            if stream.phase in ("start", "load"):  # waiting for an hf: download: Stop stops it too
+                panel_models.stop_download(stream.spec)
             self._wake.set()
 
     def wait(self, timeout: float | None = None) -> Answer | None:

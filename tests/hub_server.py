@@ -141,7 +141,13 @@ class FakeHub:
                             return
                     time.sleep(0.001)
 
-            do_GET = _route
-            do_HEAD = _route
+            def _serve(self) -> None:
+                try:
+                    self._route()
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped the download
+                    pass
+
+            do_GET = _serve
+            do_HEAD = _serve
 
         return Handler

@@ -274,3 +274,50 @@ def test_the_repo_projector_is_offered_for_vision(hub, hf_env, tmp_path):
     assert answer.n_tokens >= 1
     [entry] = [e for e in runtime.get().cache.entries() if e.state == "ready"]
     assert entry.spec.mmproj.endswith("mmproj-tiny-F16.gguf") and Path(entry.spec.mmproj).is_file()
+
+
+def test_the_panel_shows_the_download_and_stop_stops_it(hub, hf_env, tiny_model, recording_comm):
+    from test_ask_panel import status_text
+    from test_ask_panel import wait_for as panel_wait
+
+    from llm_magic.ask_panel import AskPanel
+
+    data = Path(tiny_model).read_bytes()
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": data})
+    name = f"hf:{REPO}:Q4_K_M"
+    hub.stall_at = len(data) // 2
+    panel = AskPanel(model=name, max_tokens=3, timeout=60, temperature=0.0)
+    assert any(value == name for _, value in panel.model.options)  # in the picker, like any model
+    panel.ask("hello")
+    assert panel_wait(lambda: "downloading" in status_text(panel), timeout=30), status_text(panel)
+    path = resolve(name).path
+    assert panel_wait(lambda: model_sources.progress(path).done >= len(data) // 2, timeout=30)
+    total = f"/ {len(data) / (1 << 20):,.1f} MB"
+    assert panel_wait(lambda: total in status_text(panel), timeout=30), status_text(panel)
+    assert name in status_text(panel)
+    panel.stop_button.click()
+    hub.release()
+    answer = panel.wait(30)
+    assert answer.finish_reason == "cancelled", answer.error
+    wait_for(lambda: model_sources.progress(path).state == "stopped")
+    panel.ask("hello")  # Ask again: the download resumes and the answer comes
+    assert panel.wait(60).n_tokens == 3
+    assert hub.gets()[-1][2] is not None
+    panel.close()
+
+
+def test_a_failed_download_and_a_half_downloaded_file_are_one_line_errors(hub, hf_env, tiny_model, corrupt_files):
+    from llm_magic.errors import ModelLoadError
+
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    name = f"hf:{REPO}:Q4_K_M"
+    resolve(name)  # the listing says the file is there ...
+    hub.repos[REPO][1].clear()  # ... but the server no longer serves it
+    with pytest.raises(ModelLoadError) as info:
+        llm_magic.ask("hello", model=name, max_tokens=2, timeout=60)
+    assert f"downloading tiny-Q4_K_M.gguf from {REPO} failed" in str(info.value) and "\n" not in str(info.value)
+    # a file cut short in the cache (copied by hand, a disk filled up): the load says why
+    put_in_cache(hf_env, "org/Cut-GGUF", {"cut-Q8_0.gguf": corrupt_files["truncated"]})
+    with pytest.raises(ModelLoadError, match="truncated"):
+        llm_magic.ask("hello", model="hf:org/Cut-GGUF:Q8_0", max_tokens=2, timeout=60)
+    assert llm_magic.ask("hello", model=tiny_model, max_tokens=2).n_tokens == 2  # the rest keeps working
