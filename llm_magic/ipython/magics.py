@@ -80,7 +80,11 @@ class AskMagics(Magics, Settings):
     # ---- %%ask / %ask ----------------------------------------------------------------------
 
     @magic_arguments()
-    @argument("-m", "--model", help="Alias from AskMagics.models or a path to a GGUF file.")
+    @argument(
+        "-m",
+        "--model",
+        help="Alias from AskMagics.models, a path to a GGUF file, hf:ORG/REPO:QUANT or ollama:NAME[:TAG] (Tab completes).",
+    )
     @argument(
         "-t",
         "--timeout",
