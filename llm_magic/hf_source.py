@@ -3,9 +3,8 @@
 A file already in the Hugging Face cache (``$HF_HUB_CACHE``, ``models--ORG--REPO/refs``,
 ``snapshots/<commit>/<file>``) is found without the network and without ``huggingface_hub``.
 Otherwise the repository's file list is read from the Hub (``$HF_ENDPOINT``, ``$HF_TOKEN``) to
-pick the file and know where it will land; the download itself (``download``) runs on a loader
-thread through ``huggingface_hub.hf_hub_download``, reports its progress to a ``Progress`` and
-stops when asked; a stopped download resumes where it stopped. Nothing here imports IPython.
+pick the file and know where it will land (a ``Plan``); ``hf_download`` fetches it. Nothing here
+imports IPython.
 """
 
 from __future__ import annotations
@@ -18,20 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound
+from .errors import ConfigError, ModelNotFound
 
 PREFIX = "hf:"
 EXAMPLE = "hf:ORG/REPO:FILE.gguf or hf:ORG/REPO:QUANT (e.g. hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M)"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = ("1", "on", "yes", "true")
-
-
-class DownloadStopped(LLMMagicError):
-    """A download was stopped (interrupt, Stop, ``%llm unload``); the next try resumes it."""
-
-    user_error = True
 
 
 @dataclass(frozen=True)
@@ -215,7 +208,7 @@ def pick_mmproj(files: Sequence[str]) -> str | None:
 def cached_snapshot(ref: HFRef) -> tuple[str, list[str]] | None:
     """(commit, files present) of ``ref``'s revision in the local cache, or None."""
     root = repo_dir(ref.repo)
-    commit = ref.revision if _COMMIT.match(ref.revision) else None
+    commit = ref.revision if COMMIT.match(ref.revision) else None
     if commit is None:
         try:
             commit = (root / "refs" / ref.revision).read_text().strip()
@@ -305,124 +298,3 @@ def _hub_error(ref: HFRef, exc: BaseException) -> str:
             f"this machine is offline? ({text})"
         )
     return f"reading {ref.repo}'s files from the Hub failed: {kind}: {text}"
-
-
-# ---- downloading ------------------------------------------------------------------------------
-
-
-class Progress:
-    """A download's progress, written by the loader thread, read by front ends."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name = name
-        self.total = total  # bytes of every file, 0 if unknown
-        self.done = 0  # bytes on disk so far (a resumed file counts what it had)
-        self.resumed_from = 0  # bytes a stopped download had left, picked up again
-        self.file = ""
-        self.state = "downloading"  # downloading, done, stopped, failed
-        self.error: str | None = None
-
-    def text(self) -> str:
-        mb = 1 << 20
-        of = f" / {self.total / mb:,.1f} MB" if self.total else " MB"
-        return f"{self.done / mb:,.1f}{of}"
-
-
-CHUNK = 1 << 18  # bytes per read: Stop acts within one chunk
-TIMEOUT_S = 30.0  # no byte for this long: the download fails (and resumes on the next try)
-
-
-def download(plan: Plan, progress: Progress, abort: threading.Event) -> Path:
-    """Download the plan's missing files into the Hugging Face cache layout (``blobs/<etag>``,
-    ``snapshots/<commit>/<file>``, ``refs/<revision>``); returns the path to load. Runs on a loader
-    thread; ``DownloadStopped`` when ``abort`` is set. A stopped or failed transfer keeps its
-    ``blobs/<etag>.incomplete`` file and the next try asks only for the rest (an HTTP Range
-    request): huggingface_hub 1.x/2.x's own ``hf_hub_download`` starts over, so we stream the file
-    ourselves, with the Hub's metadata (etag, size, commit) from ``get_hf_file_metadata``."""
-    ref = plan.ref
-    progress.done = sum(p.stat().st_size for p in plan.paths if p.is_file())
-    for file, target in zip(plan.files, plan.paths, strict=True):
-        if target.is_file():
-            continue
-        if abort.is_set():
-            raise DownloadStopped(f"the download of {ref.name} was stopped")
-        progress.file = file
-        try:
-            _download_file(plan, file, target, progress, abort)
-        except (DownloadStopped, ModelLoadError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed download is one line naming the repo
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelLoadError(f"downloading {file} from {ref.repo} failed: {type(exc).__name__}: {text}") from None
-    ref_file = repo_dir(ref.repo) / "refs" / ref.revision
-    if not _COMMIT.match(ref.revision):  # so the next lookup finds it offline, as huggingface_hub does
-        ref_file.parent.mkdir(parents=True, exist_ok=True)
-        if not ref_file.exists() or ref_file.read_text().strip() != plan.commit:
-            ref_file.write_text(plan.commit)
-    return plan.path
-
-
-def _download_file(plan: Plan, file: str, target: Path, progress: Progress, abort: threading.Event) -> None:
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined,unused-ignore]
-
-    url = hf_hub_url(plan.ref.repo, file, revision=plan.commit, endpoint=endpoint())
-    meta = get_hf_file_metadata(url, token=token())
-    etag = str(meta.etag or "").strip('"')
-    if not etag or "/" in etag:
-        raise ModelLoadError(f"downloading {file} from {plan.ref.repo}: the Hub gave no usable ETag")
-    blobs = repo_dir(plan.ref.repo) / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
-    blob, partial = blobs / etag, blobs / f"{etag}.incomplete"
-    size = meta.size
-    before = progress.done
-    if not (blob.is_file() and (size is None or blob.stat().st_size == size)):
-        have = partial.stat().st_size if partial.is_file() else 0
-        progress.resumed_from += have
-        headers = build_hf_headers(token=token())
-        location = str(meta.location or url)
-        if urllib.parse.urlsplit(location).netloc != urllib.parse.urlsplit(url).netloc:
-            headers.pop("authorization", None)  # a CDN's signed URL takes no Hub token
-        headers["Accept-Encoding"] = "identity"
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        request = urllib.request.Request(location, headers=headers)
-        try:
-            response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 416 or size is None or have != size:
-                raise
-            response = None  # the partial file is already whole
-        if response is not None:
-            with response, open(partial, "ab" if have and response.status == 206 else "wb") as out:
-                got = have if response.status == 206 else 0
-                while True:
-                    progress.done = before + got
-                    if abort.is_set():
-                        raise DownloadStopped(f"the download of {plan.ref.name} was stopped at {progress.text()}")
-                    chunk = response.read1(CHUNK)  # what has arrived: progress and Stop act per read
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    got += len(chunk)
-        if size is not None and partial.stat().st_size != size:
-            raise ModelLoadError(
-                f"downloading {file} from {plan.ref.repo}: got {partial.stat().st_size:,} of {size:,} bytes "
-                "(the next try resumes it)"
-            )
-        os.replace(partial, blob)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    relative = os.path.relpath(blob, target.parent)
-    try:
-        os.symlink(relative, target)
-    except FileExistsError:
-        pass
-    except OSError:  # no symlinks here (some Windows setups): a copy, as huggingface_hub does
-        import shutil
-
-        shutil.copyfile(blob, target)
-    progress.done = before + blob.stat().st_size

@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from . import hf_source, ollama_source
+from . import hf_download, hf_source, ollama_source
 from .errors import ModelNotFound
-from .hf_source import DownloadStopped, Plan, Progress
+from .hf_download import DownloadStopped, Progress
+from .hf_source import Plan
 
 __all__ = [
     "Located",
@@ -37,6 +38,7 @@ class Located:
 
 _plans: dict[str, Plan] = {}  # file path -> how to download it
 _progress: dict[str, Progress] = {}  # file path -> the latest download's progress
+_busy: dict[str, threading.Lock] = {}  # file path -> held while it downloads (one transfer per file)
 _lock = threading.Lock()
 
 
@@ -100,14 +102,26 @@ def fetch(path: str, abort: threading.Event) -> None:
     ``DownloadStopped``, keeping what came so far for the next try to resume."""
     with _lock:
         plan = _plans.get(path)
+        busy = _busy.setdefault(path, threading.Lock())
     if plan is None or not plan.missing():
         return
+    while not busy.acquire(timeout=0.1):  # another load of the same file is downloading it: wait
+        if abort.is_set():
+            raise DownloadStopped(f"the download of {plan.ref.name} was stopped")
+    try:
+        if plan.missing():
+            _download(path, plan, abort)
+    finally:
+        busy.release()
+
+
+def _download(path: str, plan: Plan, abort: threading.Event) -> None:
     total = sum(plan.sizes.get(f, 0) for f in plan.files) if all(f in plan.sizes for f in plan.files) else 0
     prog = Progress(plan.ref.name, total)
     with _lock:
         _progress[path] = prog
     try:
-        hf_source.download(plan, prog, abort)
+        hf_download.download(plan, prog, abort)
     except DownloadStopped as exc:
         prog.state, prog.error = "stopped", str(exc)
         raise
