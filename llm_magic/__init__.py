@@ -18,8 +18,9 @@ from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
 from .cache_entry import Entry, load_options, model_identity
-from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, PromptTooLong
+from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, ModelTooLarge, PromptTooLong
 from .ipython import load_ipython_extension, unload_ipython_extension
+from .memory_estimate import Estimate
 from .request import Stream, ask, stream
 from .specs import default_model_name, resolve
 
@@ -35,6 +36,8 @@ __all__ = [
     "preload",
     "models",
     "find_models",
+    "estimate",
+    "Estimate",
     "unload",
     "cleanup_models",
     "last_answer",
@@ -49,6 +52,7 @@ __all__ = [
     "ModelNotFound",
     "ModelLoadError",
     "PromptTooLong",
+    "ModelTooLarge",
 ]
 
 log = logging.getLogger("llm_magic")
@@ -76,6 +80,28 @@ def preload(*names: str) -> list[Entry]:
     specs = [resolve(n) for n in (names or (None,))]
     cache = runtime.get().cache
     return [cache.load(spec) for spec in specs]
+
+
+def estimate(model: str | None = None, n_ctx: int | None = None, **options: Any) -> Estimate:
+    """The memory a local model will take once loaded, from its GGUF header alone (nothing loads):
+    ``weights_bytes``, ``kv_bytes``, ``compute_bytes``, ``total_bytes`` and ``gpu_bytes`` (the
+    GPU's share when layers are offloaded). ``model``: an alias, a path or None (the default
+    model); ``n_ctx`` and other load options (``type_k``, ``n_gpu_layers`` ...) as for a load."""
+    spec = resolve(model, n_ctx=n_ctx, **options)
+    if spec.remote:
+        raise ConfigError(f"{spec.display_name} is a remote model: its memory is the server's")
+    if model_sources.needs_download(spec.path):
+        raise ModelNotFound(
+            f"{spec.display_name} is not downloaded yet (its estimate reads the file's header): "
+            f"`%llm load {spec.display_name}` downloads it"
+        )
+    from .gguf_header import GGUFError
+    from .memory_estimate import estimate_spec
+
+    try:
+        return estimate_spec(spec)
+    except GGUFError as e:
+        raise ModelLoadError(f"cannot read {spec.path}: {e}") from None
 
 
 def models() -> list[dict[str, Any]]:
@@ -132,6 +158,7 @@ def _not_loaded(name: str, path: str | None, options: str, **extra: Any) -> dict
         "path": path,
         "state": "unloaded",
         "size_bytes": None,
+        "memory_bytes": None,
         "load_s": None,
         "uses": 0,
         "last_used": None,

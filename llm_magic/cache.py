@@ -18,13 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from . import model_sources
+from . import memory_estimate, model_sources
 from . import settings as settings_mod
 from .cache_entry import CLOSING, FAILED, LOADING, READY, UNLOADED, Entry, Victim, claim, file_id, load_options
 from .engines import load_engine
 from .engines.base import Engine, Loader
 from .errors import CacheClosed, LLMMagicError, LoadTimeout, ModelLoadError
 from .eviction import expired, lru_victims, same_model
+from .gguf_header import GGUFError
 from .model_queue import ModelQueue, QueueUser
 from .specs import ModelSpec
 from .workers import WorkerPool
@@ -73,7 +74,6 @@ class ModelCache:
         Other entries of the same model, loaded with other options, are replaced. ``replace=False``
         (a request already under way, retrying) never replaces a newer instance: if its own was
         replaced meanwhile, that is a ``ModelLoadError`` rather than a reload that evicts the new one."""
-        victims: list[Victim] = []
         with self._lock:
             if self.closed:
                 raise CacheClosed("the model cache is shut down")
@@ -91,12 +91,9 @@ class ModelCache:
             else:
                 replaced = self._retire_others(spec)
                 entry = self._start_load(spec, entry)
-                victims = [] if spec.remote else self._make_room(entry)
                 entry.future = self._pool.submit(self._load, entry)
         for old, model, queue, _ in replaced:
             self._close_model(old, model, queue, timeout=10.0)  # idle: closes now
-        for victim in victims:
-            self._evict(victim)
         return entry
 
     def _start_load(self, spec: ModelSpec, entry: Entry | None) -> Entry:
@@ -154,16 +151,33 @@ class ModelCache:
         live = (LOADING, READY, CLOSING)
         return [e for e in [*self._entries.values(), *self._closing] if e.state in live and not e.spec.remote]
 
-    def _make_room(self, incoming: Entry) -> list[Victim]:
-        """Claim the idle models ``eviction.lru_victims`` picks so that ``incoming`` fits the limits;
-        if every other model is busy, the load goes over the limit and says so."""
+    def _make_room(self, incoming: Entry) -> None:
+        """Before a local load (on its worker): estimate its memory from the GGUF header, refuse it
+        if it cannot fit (``memory_estimate.check_fits``: over ``memory_budget`` on its own, or over
+        the RAM available with every idle model evicted), else evict the idle models
+        ``eviction.lru_victims`` picks so that it fits the limits. If every other model is busy, the
+        load goes over ``max_loaded_models``/``memory_budget`` and says so."""
+        try:
+            est = memory_estimate.estimate_spec(incoming.spec)
+        except (GGUFError, OSError):
+            est = None  # an unreadable file: the loader says why
         settings = settings_mod.current()
-        victims, over = lru_victims(
-            self._resident(), incoming, settings.max_loaded_models, settings.memory_budget_bytes
-        )
+        budget = settings.memory_budget_bytes
+        with self._lock:
+            if est is not None:
+                incoming.memory_bytes = est.host_bytes
+            resident = [e for e in self._resident() if e is not incoming]
+            idle = sum(e.memory for e in resident if e.state == READY and e.active == 0)
+            free = None
+            if est is not None:
+                free = memory_estimate.available_memory()
+                memory_estimate.check_fits(incoming.spec, est, budget=budget, evictable=idle, available=free)
+            victims, over = lru_victims(resident, incoming, settings.max_loaded_models, budget, free)
+            claimed = [claim(victim, reason) for victim, reason in victims]
         if over is not None:
             log.warning("llm_magic: loading %s goes over %s: every loaded model is busy", incoming.name, over)
-        return [claim(victim, reason) for victim, reason in victims]
+        for victim in claimed:
+            self._evict(victim)
 
     def _evict(self, victim: Victim) -> None:
         entry, model, queue, reason = victim
@@ -207,6 +221,8 @@ class ModelCache:
                 for path in (entry.spec.path, entry.spec.mmproj):
                     model_sources.fetch(path, entry.abort)
             loaded_id = None if entry.spec.remote else file_id(entry.spec.path)
+            if not entry.spec.remote:
+                self._make_room(entry)
             model = self._loader(entry.spec, entry.abort)
         except BaseException as exc:
             with self._lock:

@@ -77,6 +77,7 @@ class Entry:
     spec: ModelSpec
     state: str = LOADING
     size_bytes: int = 0
+    memory_bytes: int = 0  # the memory estimate of a local model (memory_estimate), once known
     load_s: float | None = None
     uses: int = 0
     last_used: float | None = None  # time.time()
@@ -97,6 +98,11 @@ class Entry:
     def name(self) -> str:
         return self.spec.display_name
 
+    @property
+    def memory(self) -> int:
+        """Bytes it takes loaded, for the memory budget: the estimate, else the file's size."""
+        return self.memory_bytes or self.size_bytes
+
     def loading_for(self) -> float:
         return time.monotonic() - self.load_started if self.state == LOADING else 0.0
 
@@ -112,6 +118,7 @@ class Entry:
             "kind": "remote" if remote else ("vision" if self.spec.mmproj else "local"),
             "mmproj": self.spec.mmproj or None,
             "size_bytes": self.size_bytes,
+            "memory_bytes": self.memory_bytes or None,
             "load_s": self.load_s,
             "uses": self.uses,
             "last_used": self.last_used,

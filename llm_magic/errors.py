@@ -25,6 +25,13 @@ class ModelLoadError(LLMMagicError, RuntimeError):
     user_error = True
 
 
+class ModelTooLarge(ModelLoadError, MemoryError):
+    """The model's memory estimate does not fit ``memory_budget`` or the RAM available: refused
+    before loading (never a kernel killed by the OOM killer); the message says what would fit."""
+
+    user_error = True
+
+
 class PromptTooLong(LLMMagicError, ValueError):
     """The prompt does not fit in the model's context window."""
 

@@ -12,10 +12,12 @@ from .specs import ModelSpec
 
 
 def lru_victims(
-    resident: list[Entry], incoming: Entry, max_models: int, budget: int
+    resident: list[Entry], incoming: Entry, max_models: int, budget: int, free: int | None = None
 ) -> tuple[list[tuple[Entry, str]], str | None]:
     """Least recently used idle models to evict so that ``incoming`` fits the limits, each with the
     limit it was evicted for; and the limit still exceeded after them (None: ``incoming`` fits).
+    Sizes are ``Entry.memory`` (the memory estimate). ``free``: the RAM available now (None: not
+    checked); idle models are also evicted until ``incoming`` fits in it.
 
     A model that is generating or has a request queued (``active``) is never picked; if only such
     models remain, the load goes ahead over the limit rather than fail."""
@@ -27,8 +29,10 @@ def lru_victims(
         kept = [e for e in resident if all(e is not v for v, _ in victims)]
         if max_models and len(kept) + 1 > max_models:
             return f"max_loaded_models={max_models}"
-        if budget and sum(e.size_bytes for e in kept) + incoming.size_bytes > budget:
+        if budget and sum(e.memory for e in kept) + incoming.memory > budget:
             return f"memory_budget={budget} bytes"
+        if free is not None and incoming.memory > free + sum(v.memory for v, _ in victims):
+            return "the memory available"
         return None
 
     while (reason := over()) is not None and idle:

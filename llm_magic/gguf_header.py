@@ -65,13 +65,20 @@ class _Truncated(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _SkippedArray:
+    length: int
+
+
 @dataclass
 class GGUFHeader:
     version: int
     n_tensors: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    array_lengths: dict[str, int] = field(default_factory=dict)  # skipped arrays (token list ...): their lengths
     # filled only by a full read:
     data_end: int | None = None  # bytes the file needs to hold all tensor data
+    tensor_bytes: dict[str, int] = field(default_factory=dict)  # tensor name -> bytes of its data
 
     @property
     def architecture(self) -> str | None:
@@ -117,12 +124,12 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
             if skip > _remaining(f):
                 raise _Truncated
             f.seek(skip, os.SEEK_CUR)
-            return None
+            return _SkippedArray(count)
         if item_type == _STRING and not keep:  # the token list: 100k+ strings, skipped by their lengths
             _skip_strings(f, count)
-            return None
+            return _SkippedArray(count)
         items = [_value(f, item_type, keep) for _ in range(count)]
-        return items if keep else None
+        return items if keep else _SkippedArray(count)
     raise GGUFError(f"unknown metadata value type {vtype}")
 
 
@@ -172,7 +179,10 @@ def read_header(
             for _ in range(n_kv):
                 key = _string(f)
                 vtype = _unpack(f, "I")
-                header.metadata[key] = _value(f, vtype, keep=False)
+                value = _value(f, vtype, keep=False)
+                if isinstance(value, _SkippedArray):
+                    header.array_lengths[key], value = value.length, None
+                header.metadata[key] = value
                 if until is not None and not full and until(header.metadata):
                     return header
             if not full:
@@ -180,7 +190,7 @@ def read_header(
             alignment = int(header.metadata.get("general.alignment", 32))
             data_size_needed = 0
             for _ in range(n_tensors):
-                _string(f)
+                name = _string(f)
                 n_dims = _unpack(f, "I")
                 n_elements = 1
                 for _ in range(n_dims):
@@ -189,7 +199,8 @@ def read_header(
                 if ttype not in _TYPE_SIZES:
                     return header  # a type we don't know: can't check sizes, don't guess
                 block, nbytes = _TYPE_SIZES[ttype]
-                data_size_needed = max(data_size_needed, offset + n_elements // block * nbytes)
+                header.tensor_bytes[name] = n_elements // block * nbytes
+                data_size_needed = max(data_size_needed, offset + header.tensor_bytes[name])
             data_start = -(-f.tell() // alignment) * alignment
             header.data_end = data_start + data_size_needed
             return header

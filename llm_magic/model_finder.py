@@ -243,18 +243,15 @@ def _total_size(path: Path) -> int:
 
 
 def estimate(path: str) -> int | None:
-    """Bytes to load ``path`` from ``llm_magic.memory_estimate`` (headers only), None if unknown."""
-    import importlib
+    """Bytes a load of ``path`` takes with the current settings (``n_ctx``, KV cache types), from
+    ``llm_magic.memory_estimate`` (headers only); None if it cannot tell."""
+    from . import memory_estimate
 
-    try:  # written beside this module (issue 13 part 3); absent: the column shows "-"
-        memory_estimate: Any = importlib.import_module("llm_magic.memory_estimate")
-    except ImportError:
-        return None
+    s = settings_mod.current()
     try:
-        value = memory_estimate.estimate_file(path).total_bytes
+        return int(memory_estimate.estimate_file(path, s.n_ctx, type_k=s.type_k, type_v=s.type_v).total_bytes)
     except Exception:  # noqa: BLE001 - an estimate is a hint: a file it cannot read shows "-"
         return None
-    return int(value) if value is not None else None
 
 
 def find_models() -> list[FoundModel]:

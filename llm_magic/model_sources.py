@@ -102,8 +102,10 @@ def fetch(path: str, abort: threading.Event) -> None:
     ``DownloadStopped``, keeping what came so far for the next try to resume."""
     with _lock:
         plan = _plans.get(path)
+        if plan is None:  # not an hf: download (nearly every load): nothing to do
+            return
         busy = _busy.setdefault(path, threading.Lock())
-    if plan is None or not plan.missing():
+    if not plan.missing():
         return
     while not busy.acquire(timeout=0.1):  # another load of the same file is downloading it: wait
         if abort.is_set():

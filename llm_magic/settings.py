@@ -210,8 +210,9 @@ class Settings(HasTraits):
     memory_budget = Union(
         [Int(), Unicode()],
         default_value=0,
-        help="Most bytes of model files loaded at once: bytes, '8GB', or '50%' of RAM "
-        "(0 = no limit). Least recently used idle models are evicted.",
+        help="Most memory loaded models take at once (their estimates: weights, KV cache, buffers): "
+        "bytes, '8GB', or '50%' of RAM (0 = no limit). Least recently used idle models are evicted; "
+        "a model that cannot fit on its own is refused before loading.",
     ).tag(config=True)
     keep_alive = Union(
         [Float(), Unicode()],

@@ -219,7 +219,7 @@ def test_a_busy_model_is_never_evicted(three_models, caplog):
 
 def test_memory_budget(three_models):
     a, b, c = three_models
-    size = os.path.getsize(a)
+    size = llm_magic.estimate(a).total_bytes  # the budget counts each model's memory estimate
     llm_magic.current_settings().memory_budget = int(size * 2.5)
     for m in (a, b, c):
         llm_magic.ask("x", model=m, max_tokens=2)

@@ -127,6 +127,7 @@ def test_a_cached_file_is_used_with_no_network(hf_env, monkeypatch, tiny_model):
     answer = llm_magic.ask("hello", model=f"hf:{REPO}:Q8_0", max_tokens=4, temperature=0)
     assert answer.n_tokens == 4 and answer.model == f"hf:{REPO}:Q8_0"
     assert model_sources.resolve(f"hf:{REPO}:tiny-Q8_0.gguf") == str(snap / "tiny-Q8_0.gguf")
+    assert llm_magic.estimate(f"hf:{REPO}:Q8_0").total_bytes == llm_magic.estimate(tiny_model).total_bytes
 
 
 def test_offline_and_not_cached_is_one_line_naming_the_repo(hf_env, monkeypatch, shell, tiny_model):
@@ -162,6 +163,10 @@ def wait_for(predicate, timeout=60.0):
 def test_a_download_runs_in_the_background_then_works_offline(hub, hf_env, monkeypatch, tiny_model):
     commit = hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model, "tiny-Q8_0.gguf": tiny_model, "README.md": b"hi"})
     name = f"hf:{REPO}:Q4_K_M"
+    with pytest.raises(ModelNotFound, match="not downloaded yet"):  # nothing to read a header from yet
+        llm_magic.estimate(name)
+    with pytest.raises(ModelNotFound, match="not downloaded yet"):
+        model_sources.resolve(name)
     started = time.monotonic()
     [entry] = llm_magic.preload(name)
     assert time.monotonic() - started < 5  # returns at once: the download is the background load

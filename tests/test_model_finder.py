@@ -142,12 +142,12 @@ def test_nothing_found_says_where_it_looked(places, shell, tiny_model, monkeypat
     assert out.startswith("no GGUF models found") and "model_dirs" in out and ".ollama" not in out
 
 
-def test_the_estimate_column_uses_the_memory_estimate_when_there_is_one(places, tmp_path, tiny_model):
+def test_the_estimate_column_is_the_memory_estimate_with_the_settings(places, tmp_path, tiny_model):
+    from llm_magic.memory_estimate import estimate_file
+
     settings.current().model_dirs = [str(Path(tiny_model).parent)]
-    rows = [r for r in llm_magic.find_models() if r.path == tiny_model]
-    try:
-        from llm_magic.memory_estimate import estimate_file  # type: ignore[import-not-found]
-    except ImportError:
-        assert rows[0].estimate_bytes is None
-    else:
-        assert rows[0].estimate_bytes == estimate_file(tiny_model).total_bytes
+    settings.current().n_ctx = 8192
+    [row] = [r for r in llm_magic.find_models() if r.path == tiny_model]
+    assert row.estimate_bytes == estimate_file(tiny_model, 8192).total_bytes
+    assert row.estimate_bytes == llm_magic.estimate(tiny_model).total_bytes  # what a load would take
+    assert row.estimate_bytes > estimate_file(tiny_model, 512).total_bytes  # the KV cache counts

@@ -76,6 +76,7 @@ def test_the_default_tag_is_latest_and_the_model_answers(store, tiny_model):
     assert resolve("ollama:tiny:latest").key == spec.key  # one model, whichever way it is named
     answer = llm_magic.ask("hello", model="ollama:tiny", max_tokens=3, timeout=60)
     assert answer.n_tokens == 3 and answer.model == "ollama:tiny:latest"
+    assert llm_magic.estimate("ollama:tiny").total_bytes == llm_magic.estimate(tiny_model).total_bytes
 
 
 def test_other_namespaces_and_registries(store, tiny_model):

@@ -16,6 +16,7 @@ HEADER = (
     "options",
     "state",
     "size",
+    "memory",
     "load s",
     "uses",
     "last used",
@@ -33,6 +34,7 @@ def row(**kw):
         "path": "/models/m.gguf",
         "state": "ready",
         "size_bytes": 1536,
+        "memory_bytes": 3072,
         "load_s": 0.25,
         "uses": 3,
         "last_used": None,
@@ -74,6 +76,7 @@ def test_columns_line_up_and_cells_are_formatted():
                 name="a-much-longer-name.gguf",
                 state="failed",
                 size_bytes=0,
+                memory_bytes=None,
                 load_s=None,
                 uses=0,
                 last_used=used,
@@ -88,6 +91,7 @@ def test_columns_line_up_and_cells_are_formatted():
         "options",
         "state",
         "size",
+        "memory",
         "load",
         "s",
         "uses",
@@ -102,12 +106,13 @@ def test_columns_line_up_and_cells_are_formatted():
         "note",
     ]
     assert set(rule.replace("  ", "")) == {"-"}
-    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "0.25", "3", "-", "-", "on", "-", ""]
+    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "3.0 KB", "0.25", "3", "-", "-", "on", "-", ""]
     second_cells = cells(second, header)
-    assert second_cells[:10] == [
+    assert second_cells[:11] == [
         "a-much-longer-name.gguf",
         "-",
         "failed",
+        "-",
         "-",
         "-",
         "0",
@@ -186,10 +191,11 @@ def test_status_of_real_models(ip, tiny_model):
     rows = {cells(line, header)[0]: cells(line, header) for line in lines}
     assert (
         rows["tiny.gguf"][2] == "ready"
-        and rows["tiny.gguf"][5] == "1"
+        and rows["tiny.gguf"][6] == "1"
         and rows["tiny.gguf"][3] == fmt_size(os.path.getsize(tiny_model))
+        and rows["tiny.gguf"][4] == fmt_size(llm_magic.estimate(tiny_model).total_bytes)
         and rows["tiny.gguf"][1] == "-"  # the default options
     )
-    assert rows["later"][1:6] == ["n_ctx=128", "unloaded", "-", "-", "0"]  # configured, not loaded yet
+    assert rows["later"][1:7] == ["n_ctx=128", "unloaded", "-", "-", "-", "0"]  # configured, not loaded yet
     _, out = run(ip, "%llm status")
     assert out.strip() == table

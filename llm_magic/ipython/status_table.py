@@ -1,5 +1,6 @@
 """``%llm status``: the rows of ``llm_magic.models()`` as a text table, one row per model, with the
-load options that are not the defaults (``n_ctx=8192``) in a column of their own, where it runs
+load options that are not the defaults (``n_ctx=8192``) in a column of their own, the memory it
+takes loaded (the estimate: weights, KV cache, buffers), where it runs
 (``CPU``, or a GPU with the layers offloaded) and the conversation KV state it keeps."""
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
         "options",
         "state",
         "size",
+        "memory",
         "load s",
         "uses",
         "last used",
@@ -78,6 +80,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
             r.get("options") or "-",
             _state(r),
             fmt_size(r["size_bytes"]),
+            fmt_size(r.get("memory_bytes")),
             f"{r['load_s']:.2f}" if r["load_s"] is not None else "-",
             str(r["uses"]),
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
