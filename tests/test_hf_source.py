@@ -326,3 +326,23 @@ def test_a_failed_download_and_a_half_downloaded_file_are_one_line_errors(hub, h
     with pytest.raises(ModelLoadError, match="truncated"):
         llm_magic.ask("hello", model="hf:org/Cut-GGUF:Q8_0", max_tokens=2, timeout=60)
     assert llm_magic.ask("hello", model=tiny_model, max_tokens=2).n_tokens == 2  # the rest keeps working
+
+
+def test_the_preload_setting_downloads_in_the_background_on_load_ext(hub, hf_env, shell, tiny_model):
+    from traitlets.config import Config
+
+    data = Path(tiny_model).read_bytes()
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": data})
+    name = f"hf:{REPO}:Q4_K_M"
+    hub.stall_at = len(data) // 2
+    shell.config = Config({"AskMagics": {"preload": [name], "model": name}})
+    started = time.monotonic()
+    shell.run_line_magic("load_ext", "llm_magic")
+    assert time.monotonic() - started < 5  # %load_ext does not wait for the download
+    assert hub.stalled.wait(60)
+    _, out = run(shell, "%llm status")
+    assert name in out and "downloading" in out
+    hub.release()
+    _, _ = run(shell, "%ask -n 2 hi")  # the default model, downloaded by the preload
+    assert llm_magic.last_answer().model == name and llm_magic.last_answer().n_tokens == 2
+    assert len(hub.gets()) == 1
