@@ -87,7 +87,9 @@ def _download_file(plan: Plan, file: str, target: Path, progress: Progress, abor
     blob, partial = blobs / etag, blobs / f"{etag}.incomplete"
     size = meta.size
     before = progress.done
-    with _file_lock(blobs / f"{etag}.lock", abort, plan.ref.name):  # another kernel may fetch it too
+    locks = repo_dir(plan.ref.repo).parent / ".locks" / repo_dir(plan.ref.repo).name  # huggingface_hub's place
+    locks.mkdir(parents=True, exist_ok=True)
+    with _file_lock(locks / f"{etag}.lock", abort, plan.ref.name):  # another kernel may fetch it too
         if not (blob.is_file() and (size is None or blob.stat().st_size == size)):
             _transfer(plan, file, url, meta, partial, blob, progress, abort)
     target.parent.mkdir(parents=True, exist_ok=True)
