@@ -254,14 +254,14 @@ class Settings(HasTraits):
     tensor_split = List(Float(), help="Proportions of the model per GPU, e.g. [3, 1] (empty: by free memory).").tag(
         config=True
     )
+    offload_kqv = Bool(True, help="Keep the KV cache (and attention) on the GPU with the offloaded layers.").tag(
+        config=True
+    )
     model_dirs = List(
         Unicode(),
         help="Folders searched for GGUF files by `%llm models`, llm_magic.find_models() and -m completion "
         "(besides the Hugging Face cache, Ollama's store, LM Studio's models and llama.cpp's cache).",
     ).tag(config=True)
-    offload_kqv = Bool(True, help="Keep the KV cache (and attention) on the GPU with the offloaded layers.").tag(
-        config=True
-    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

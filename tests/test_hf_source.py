@@ -279,6 +279,13 @@ def test_the_repo_projector_is_offered_for_vision(hub, hf_env, tmp_path):
     assert answer.n_tokens >= 1
     [entry] = [e for e in runtime.get().cache.entries() if e.state == "ready"]
     assert entry.spec.mmproj.endswith("mmproj-tiny-F16.gguf") and Path(entry.spec.mmproj).is_file()
+    # a vision alias may name the projector as an hf: file too
+    llm_magic.cleanup_models()
+    llm_magic.current_settings().models = {
+        "v": {"path": f"hf:{REPO}:Q8_0", "mmproj": f"hf:{REPO}:mmproj-tiny-F16.gguf", "n_ctx": 1024}
+    }
+    assert resolve("v").mmproj == entry.spec.mmproj
+    assert llm_magic.ask("and this?", model="v", images=[png_bytes()], max_tokens=2, timeout=120).n_tokens >= 1
 
 
 def test_the_panel_shows_the_download_and_stop_stops_it(hub, hf_env, tiny_model, recording_comm):

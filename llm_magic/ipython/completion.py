@@ -60,9 +60,8 @@ def model_word(line_before_cursor: str) -> str | None:
 
 @context_matcher(identifier="llm_magic.model")
 def model_matcher(context: CompletionContext) -> SimpleMatcherResult:
-    first_line = context.cursor_line == 0 or context.full_text.split("\n")[0].lstrip().startswith("%%ask")
-    word = model_word(context.text_until_cursor) if context.cursor_line == 0 else None
-    if not first_line or word is None:
+    word = model_word(context.text_until_cursor) if context.cursor_line == 0 else None  # options: line 1 only
+    if word is None:
         return cast(SimpleMatcherResult, {"completions": [], "suppress": False})
     matches = [n for n in model_names() if n.startswith(word)]
     completions = [SimpleCompletion(text=n, type="model") for n in matches]
