@@ -4,7 +4,8 @@ huggingface_hub and llm_magic ask: the repo listing (``/api/models/ORG/REPO[/rev
 ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length`` and ``Range`` (206 +
 ``Content-Range``). Unknown repos and files get 404 with the Hub's ``X-Error-Code``.
 
-``stall_at``: a GET stops sending at that byte until ``release()`` (a download caught mid-file).
+``stall_at``: a GET stops sending at that byte until ``release()`` (a download caught mid-file);
+``cut_at``: a GET drops the connection at that byte (a network failure mid-file).
 Every request is recorded in ``requests`` as ``(method, path, Range header)``."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FakeHub:
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.stall_at: int | None = None
+        self.cut_at: int | None = None  # a GET closes the connection at that byte (once)
         self.stalled = threading.Event()  # set when a GET reached stall_at
         self._gate = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -134,6 +136,10 @@ class FakeHub:
                     self.wfile.write(data[pos:end])
                     self.wfile.flush()
                     pos = end
+                    if hub.cut_at is not None and pos >= hub.cut_at:
+                        hub.cut_at = None
+                        self.close_connection = True
+                        return
                     if hub.stall_at is not None and pos >= hub.stall_at:
                         hub.stalled.set()
                         hub._gate.wait(30)

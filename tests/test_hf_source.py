@@ -353,3 +353,21 @@ def test_the_preload_setting_downloads_in_the_background_on_load_ext(hub, hf_env
     _, _ = run(shell, "%ask -n 2 hi")  # the default model, downloaded by the preload
     assert llm_magic.last_answer().model == name and llm_magic.last_answer().n_tokens == 2
     assert len(hub.gets()) == 1
+
+
+def test_a_connection_lost_mid_file_is_one_line_and_the_next_try_resumes(hub, hf_env, tiny_model):
+    from llm_magic.errors import ModelLoadError
+
+    data = Path(tiny_model).read_bytes()
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": data})
+    name = f"hf:{REPO}:Q4_K_M"
+    hub.cut_at = len(data) // 3
+    with pytest.raises(ModelLoadError) as info:
+        llm_magic.ask("hello", model=name, max_tokens=2, timeout=60)
+    message = str(info.value)
+    assert f"tiny-Q4_K_M.gguf from {REPO}" in message and "\n" not in message
+    answer = llm_magic.ask("hello", model=name, max_tokens=2, timeout=60)  # the next ask resumes it
+    assert answer.n_tokens == 2
+    [first, second] = hub.gets()
+    assert first[2] is None and second[2] is not None and int(second[2][6:-1]) >= len(data) // 3
+    assert Path(resolve(name).path).read_bytes() == data
