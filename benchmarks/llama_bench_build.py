@@ -37,15 +37,10 @@ def missing_tools() -> list[str]:
     )
 
 
-def build(log=print) -> tuple[Path | None, str]:
-    """Return (path to llama-bench, "") or (None, why it is not available)."""
+def vendored_llama_cpp(log=print) -> tuple[Path | None, str]:
+    """The llama.cpp sources vendored in the installed llama-cpp-python's sdist (downloaded with pip
+    and extracted once, into the cache): (their folder, "") or (None, why they are not available)."""
     version = installed_version()
-    binary = binary_path(version)
-    if binary.exists():
-        return binary, ""
-    missing = missing_tools()
-    if missing:
-        return None, f"cannot build llama-bench: {', '.join(missing)} not found"
     root = cache_dir(version)
     root.mkdir(parents=True, exist_ok=True)
     sdist_dir = root / "sdist"
@@ -78,6 +73,22 @@ def build(log=print) -> tuple[Path | None, str]:
             tar.extractall(src, filter="data") if sys.version_info >= (3, 12) else tar.extractall(src)
     if not (vendor / "CMakeLists.txt").exists():
         return None, f"the sdist has no vendored llama.cpp at {vendor}"
+    return vendor, ""
+
+
+def build(log=print) -> tuple[Path | None, str]:
+    """Return (path to llama-bench, "") or (None, why it is not available)."""
+    version = installed_version()
+    binary = binary_path(version)
+    if binary.exists():
+        return binary, ""
+    missing = missing_tools()
+    if missing:
+        return None, f"cannot build llama-bench: {', '.join(missing)} not found"
+    vendor, why = vendored_llama_cpp(log)
+    if vendor is None:
+        return None, why
+    root = cache_dir(version)
     build_dir = root / "build"
     jobs = str(os.cpu_count() or 2)
     logfile = root / "build.log"

@@ -18,11 +18,13 @@ from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
 from .cache_entry import Entry, load_options, model_identity
+from .chat_templates import ChatTemplateError
 from .errors import ConfigError, LLMMagicError, ModelLoadError, ModelNotFound, ModelTooLarge, PromptTooLong
 from .ipython import load_ipython_extension, unload_ipython_extension
 from .memory_estimate import Estimate
 from .request import Stream, ask, stream
 from .specs import default_model_name, resolve
+from .thinking import Thinking
 
 if TYPE_CHECKING:
     from .ask_panel import AskPanel
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "Stream",
+    "Thinking",
     "ask",
     "stream",
     "preload",
@@ -53,6 +56,7 @@ __all__ = [
     "ModelLoadError",
     "PromptTooLong",
     "ModelTooLarge",
+    "ChatTemplateError",
 ]
 
 log = logging.getLogger("llm_magic")

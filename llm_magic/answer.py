@@ -18,6 +18,10 @@ class Answer(str):
     ``finish_reason``: ``stop`` (the model ended), ``length`` (max_tokens), ``timeout``,
     ``cancelled`` (Stop, interrupt or cleanup) or ``error`` (``error`` holds the message).
     Times are seconds from the start of the request.
+
+    A reasoning model's thinking is not part of the text: ``thinking`` holds it,
+    ``thinking_tokens`` counts its tokens (``n_tokens`` counts thinking and answer), and
+    ``in_thinking`` says the answer ended before the thinking did (a timeout, Stop, max_tokens).
     """
 
     finish_reason: str
@@ -35,6 +39,10 @@ class Answer(str):
     value: Any = None  # -f json: the parsed object; -f code: the code put into the next cell (or None)
     queue_s: float | None = None  # waiting for the model while another request used it
     time_report: str | None = None  # timeout: where the time went (load wait, queue, prompt, generation)
+    thinking: str = ""  # a reasoning model's thinking (not part of the text)
+    thinking_tokens: int = 0
+    in_thinking: bool = False  # ended while still thinking
+    notes: tuple[str, ...] = ()  # short notes about the request (e.g. --no-think on a model without the switch)
 
     def __new__(cls, text: str = "", **meta: Any) -> Answer:
         self = super().__new__(cls, text)
@@ -87,6 +95,8 @@ class Answer(str):
         emoji, which render as empty boxes without an emoji font), the same in every front end."""
         n = self.n_tokens
         tokens = f"{n} token{'s' if n != 1 else ''}"
+        if self.in_thinking and self.finish_reason != "stop":
+            return self._thinking_marker(tokens)
         if self.finish_reason == "timeout":
             limit = f"{self.timeout:g} s" if self.timeout is not None else "the time limit"
             if n == 0 and not self.text:
@@ -104,6 +114,17 @@ class Answer(str):
         if self.finish_reason == "length":
             return f"stopped at max_tokens ({tokens})"
         return None
+
+    def _thinking_marker(self, tokens: str) -> str:
+        """The marker of an answer cut short while the model was still thinking."""
+        if self.finish_reason == "timeout":
+            limit = f"{self.timeout:g} s" if self.timeout is not None else "the time limit"
+            return f"timed out after {limit} while thinking — partial reasoning, {tokens}"
+        if self.finish_reason == "cancelled":
+            return f"cancelled while thinking — partial reasoning, {tokens}"
+        if self.finish_reason == "length":
+            return f"stopped at max_tokens ({tokens}) while thinking"
+        return f"error while thinking — partial reasoning, {tokens}: {self.error}"
 
     def __repr__(self) -> str:
         return f"Answer({str.__repr__(self)}, finish_reason={self.finish_reason!r}, n_tokens={self.n_tokens})"
@@ -130,7 +151,8 @@ def time_report(answer: Answer, started: float, times: dict[str, float]) -> str:
             parts.append(f"prompt evaluation {end - locked:.2f} s, unfinished ({answer.n_prompt_evaluated} tokens)")
         else:
             parts.append(f"prompt evaluation {first_sample:.2f} s ({answer.n_prompt_evaluated} tokens)")
-            parts.append(f"generation {max(end - locked - first_sample, 0):.2f} s ({answer.n_tokens} tokens)")
+            n = answer.n_tokens
+            parts.append(f"generation {max(end - locked - first_sample, 0):.2f} s ({n} token{'s' if n != 1 else ''})")
     return "; ".join(parts)
 
 

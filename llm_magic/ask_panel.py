@@ -24,7 +24,7 @@ from . import background, panel_models, request
 from .answer import Answer
 from .errors import ConfigError, LLMMagicError
 from .images import Image, load_image
-from .rendering import MAX_UPDATES_PER_S, Throttle, interim_html
+from .rendering import MAX_UPDATES_PER_S, Throttle
 from .settings import current as current_settings
 
 __all__ = ["AskPanel"]
@@ -290,7 +290,7 @@ class AskPanel(widgets.VBox):
 
     def _on_done(self, stream: Any, answer: Answer | None, error: BaseException | None) -> None:
         if error is not None or answer is None:
-            answer = panel_models.failed_answer(stream, answer, error, "".join(self._pieces))
+            answer = panel_models.failed_answer(stream, answer, error, panel_models.streamed_text(self._pieces))
         getattr(stream, "log_timeout", lambda: None)()  # INFO: where a timed-out answer's time went
         with self._lock:
             if stream is not self._stream:
@@ -322,7 +322,7 @@ class AskPanel(widgets.VBox):
         if final is not None:
             body = panel_models.answer_area_html(final)  # replaces the streamed HTML in one update
         elif n != self._rendered_n:
-            body = interim_html("".join(self._pieces[:n]))  # the cursor alone before the first token
+            body = panel_models.streamed_html(self._pieces[:n])  # the cursor alone before the first token
             self._rendered_n = n
         else:
             body = self.answer_area.value

@@ -21,6 +21,7 @@ class Turn:
     user: str
     answer: str
     finish_reason: str
+    thinking: str = ""  # the reasoning before the answer (the chat template decides whether it stays)
 
 
 @dataclass
@@ -43,13 +44,14 @@ class Conversation:
         ctx_tokens: list[int] | None,
         ctx_text: str | None,
         system: str | None,
+        thinking: str = "",
     ) -> None:
         """Add a finished (or partial) turn. ``turns_used``: how many earlier turns the prompt kept."""
         dropped = len(self.turns) - turns_used
         if dropped > 0:
             del self.turns[:dropped]
             self.trimmed += dropped
-        self.turns.append(Turn(user, answer, finish_reason))
+        self.turns.append(Turn(user, answer, finish_reason, thinking))
         self.system = system
         if ctx_tokens is not None and ctx_text is not None:
             self.ctx_tokens, self.ctx_text = ctx_tokens, ctx_text

@@ -18,12 +18,13 @@ from . import model_sources, runtime, specs
 from .answer import Answer
 from .cache_entry import FAILED, LOADING, READY, Entry
 from .errors import LLMMagicError
-from .rendering import answer_html
+from .rendering import answer_html, interim_html
 from .settings import current as current_settings
 from .specs import ModelSpec
+from .thinking import Thinking, join
 
 if TYPE_CHECKING:
-    from .request import Progress
+    from .progress import Progress
 
 __all__ = [
     "model_choices",
@@ -40,6 +41,8 @@ __all__ = [
     "failed_answer",
     "downloading",
     "stop_download",
+    "streamed_html",
+    "streamed_text",
     "status_html",
     "BLUE",
     "GREEN",
@@ -164,7 +167,8 @@ def _on_gpu(entry: Entry | None) -> str:
 def answer_area_html(a: Answer) -> str:
     """The answer area under a finished answer: the same renderer as while it streamed, the marker
     of a partial answer, and where a timed-out request's time went (``time_report``)."""
-    return answer_html(a.text, a.marker(), note=getattr(a, "time_report", None))
+    notes = [n for n in (getattr(a, "time_report", None), *getattr(a, "notes", ())) if n]
+    return answer_html(a.text, a.marker(), note=notes, thinking=a.thinking, thinking_tokens=a.thinking_tokens)
 
 
 def answer_status_html(a: Answer, queued: bool = False) -> str:
@@ -274,6 +278,20 @@ def stop_download(spec: ModelSpec | None) -> bool:
     assert cache is not None
     cache.unload(entry)
     return True
+
+
+def streamed_text(pieces: list[str]) -> str:
+    """The answer streamed so far (without the thinking)."""
+    return join(pieces)[0]
+
+
+def streamed_html(pieces: list[str]) -> str:
+    """The answer area while an answer streams: the thinking live (subdued), or folded once the
+    answer began, and the answer with the cursor."""
+    text, thinking = join(pieces)
+    if not thinking:
+        return interim_html(text)
+    return interim_html(text, thinking, type(pieces[-1]) is Thinking)
 
 
 def failed_answer(stream: Any, answer: Answer | None, error: BaseException | None, text: str) -> Answer:

@@ -40,7 +40,11 @@ def chat_messages(
     content, e.g. a list of text and image parts)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     for t in turns:
-        messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
+        reply: dict[str, Any] = {"role": "assistant", "content": t.answer}
+        thinking = getattr(t, "thinking", "")
+        if thinking:  # the chat template decides whether earlier reasoning stays (Qwen3's drops it)
+            reply["reasoning_content"] = thinking
+        messages += [{"role": "user", "content": t.user}, reply]
     messages.append({"role": "user", "content": prompt if content is None else content})
     return messages
 

@@ -16,6 +16,8 @@ CELL_HTML_UPDATES_PER_S = 10
 CURSOR = "▌"
 EMPTY_ANSWER = "empty answer"
 SUBDUED = "opacity:0.7"  # lines about the answer, not from the model: readable on light and dark themes
+# a reasoning model's thinking: subdued, set off by a rule on the left (currentColor suits any theme)
+THINKING_STYLE = "opacity:0.65;border-left:2px solid currentColor;padding-left:0.75em;margin:0 0 0.75em 0"
 
 _md: Any = None
 
@@ -33,9 +35,31 @@ def render_markdown(text: str) -> str:
     return str(_md.render(text))
 
 
-def interim_html(text: str) -> str:
-    """A growing answer while it streams: the same renderer as the final view, with the cursor."""
-    return render_markdown(text + CURSOR)
+def thinking_label(n_tokens: int = 0) -> str:
+    return f"Thinking ({n_tokens} token{'s' if n_tokens != 1 else ''})" if n_tokens else "Thinking"
+
+
+def thinking_html(thinking: str, live: bool = False, n_tokens: int = 0) -> str:
+    """A reasoning model's thinking: while it streams, a subdued block with the cursor; once the
+    answer begins, folded into a collapsed ``<details>``. The wrapper is ours, fixed; the thinking
+    inside goes through the same sanitizer as the answer."""
+    if live:
+        return f'<div class="llm-magic-thinking" style="{THINKING_STYLE}">{render_markdown(thinking + CURSOR)}</div>'
+    summary = html.escape(thinking_label(n_tokens))
+    return (
+        f'<details class="llm-magic-thinking" style="{THINKING_STYLE}"><summary>{summary}</summary>'
+        f"{render_markdown(thinking)}</details>"
+    )
+
+
+def interim_html(text: str, thinking: str = "", thinking_live: bool = False) -> str:
+    """A growing answer while it streams: the same renderer as the final view, with the cursor
+    (in the thinking while the model still thinks)."""
+    if not thinking:
+        return render_markdown(text + CURSOR)
+    if thinking_live:
+        return thinking_html(thinking, live=True) + (render_markdown(text) if text.strip() else "")
+    return thinking_html(thinking) + render_markdown(text + CURSOR)
 
 
 def meta_line(words: str) -> str:
@@ -74,12 +98,21 @@ def note_html(note: str) -> str:
     return _subdued("llm-magic-note", note)
 
 
-def answer_html(text: str, marker: str | None = None, note: str | Iterable[str] | None = None) -> str:
-    """A finished answer: its Markdown rendered safely ("empty answer" when there is nothing to
-    see), then the partial-answer marker and any notes (e.g. ``Answer.time_report``)."""
+def answer_html(
+    text: str,
+    marker: str | None = None,
+    note: str | Iterable[str] | None = None,
+    thinking: str = "",
+    thinking_tokens: int = 0,
+) -> str:
+    """A finished answer: the thinking folded away (a collapsed ``<details>``), its Markdown
+    rendered safely ("empty answer" when there is nothing to see), then the partial-answer marker
+    and any notes (e.g. ``Answer.time_report``)."""
     body = render_markdown(text) if text.strip() else ""
     if shows_empty(text, marker):
         body = _subdued("llm-magic-empty", EMPTY_ANSWER)
+    if thinking:
+        body = thinking_html(thinking, n_tokens=thinking_tokens) + body
     notes = _notes(note)
     if marker:
         body += marker_html(marker)
@@ -95,10 +128,13 @@ def about_lines(text: str, marker: str | None = None, note: str | Iterable[str] 
     return [meta_line(w) for w in words]
 
 
-def answer_text(text: str, marker: str | None = None, note: str | Iterable[str] | None = None) -> str:
-    """The plain-text form of ``answer_html``: the text, then the lines about it."""
+def answer_text(
+    text: str, marker: str | None = None, note: str | Iterable[str] | None = None, thinking_tokens: int = 0
+) -> str:
+    """The plain-text form of ``answer_html``: (how long it thought,) the text, then the lines about it."""
+    thought = meta_line(thinking_label(thinking_tokens).lower()) if thinking_tokens else ""
     return "\n\n".join(
-        part for part in (text if text.strip() else "", "\n".join(about_lines(text, marker, note))) if part
+        part for part in (thought, text if text.strip() else "", "\n".join(about_lines(text, marker, note))) if part
     )
 
 

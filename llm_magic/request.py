@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import runtime
+from . import settings as settings_mod
 from .answer import Answer, build_answer, time_report
 from .cache import ModelCache
 from .cache_entry import Entry
@@ -24,27 +24,13 @@ from .engines.base import Engine, StreamStats
 from .errors import ConfigError, LLMMagicError, LoadTimeout
 from .interrupts import sigint_stops
 from .model_queue import ModelQueue
+from .progress import PHASES, Progress
 from .request_options import resolve_options
+from .thinking import ThinkingSplitter, answer_fields, join, split_stream, think_note
+
+__all__ = ["PHASES", "Progress", "Stream", "ask", "stream"]  # PHASES, Progress: from .progress
 
 log = logging.getLogger("llm_magic")
-
-PHASES = ("start", "load", "queue", "prompt", "generate", "done")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a request stands: what a status line shows."""
-
-    model: str
-    phase: str  # one of PHASES
-    elapsed_s: float
-    n_tokens: int  # chunks streamed so far (one per token for local models)
-    tokens_per_s: float | None
-    ttft_s: float | None
-    loading_s: float | None  # how long the model has been loading, in the "load" phase
-    stopping: bool
-    prompt_tokens: int = 0  # prompt tokens to evaluate (not reused from the KV cache), once known
-    prompt_done: int = 0  # of those, evaluated so far: "reading the prompt 1,024 / 4,461 tokens"
 
 
 def _message(exc: BaseException) -> str:
@@ -70,6 +56,7 @@ class Stream:
         on_status: Callable[[str], None] | None = None,
         cancel_if: Callable[[], bool] | None = None,
         images: Sequence[Any] | None = None,
+        think: bool | None = None,
         **sampling: Any,
     ):
         self.started = time.monotonic()
@@ -79,6 +66,8 @@ class Stream:
         self.spec, self.images = options.spec, options.images
         self.prompt, self.raw, self.system = prompt, raw, options.system
         self.conversation = conversation
+        self.think_asked = think is not None  # --think/--no-think: say so when the model cannot
+        self.think = think if think is not None else settings_mod.current().think
         self.timeout, self.max_tokens, self.sampling = options.timeout, options.max_tokens, options.sampling
         self.deadline = self.started + self.timeout if self.timeout else None
         self.on_status = on_status
@@ -93,6 +82,8 @@ class Stream:
         self._stats: StreamStats | None = None
         self._times: dict[str, float] = {}
         self._n_chunks = 0
+        self._splitter: ThinkingSplitter | None = None  # a reasoning model: thinking apart from the answer
+        self._notes: list[str] = []  # short notes for under the answer
         self._iter: Generator[str, None, None] = self._run()
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -317,7 +308,10 @@ class Stream:
             conversation=conv,
             max_tokens=self.max_tokens,
             images=self.images or None,
+            think=self.think,
         )
+        if self.think_asked and not prepared.think_switch:
+            self._notes.append(think_note(self.model_name, self.think))
         times["gen_start"] = time.monotonic()
         chunks = model.stream(
             prepared,
@@ -327,8 +321,10 @@ class Stream:
             deadline=self.deadline,
             **self.sampling,
         )
+        source, splitter = split_stream(prepared.thinking, prepared.thinking_open, chunks, lambda: stats.n_tokens)
+        self._splitter = splitter
         try:
-            for piece in chunks:
+            for piece in source:
                 now = time.monotonic()
                 if "first" not in times:
                     times["first"] = now
@@ -339,15 +335,19 @@ class Stream:
                 yield piece
         finally:
             chunks.close()
+            if splitter is not None:
+                pieces.extend(splitter.flush())  # held back for a marker that never came
+            answer, thinking = join(pieces)
             if conv is not None:  # partial answers too: the user saw them
                 conv.record(
                     self.prompt,
-                    "".join(pieces),
+                    answer,
                     self._stop_reason or stats.finish_reason or "stop",
                     prepared.turns_used,
                     stats.context_tokens,
                     stats.context_text,
                     prepared.system,
+                    thinking=thinking,
                 )
 
     def _release(self, cache: ModelCache, entry: Entry, queue: ModelQueue, acquired: bool) -> None:
@@ -359,7 +359,9 @@ class Stream:
     def _finish(self, pieces: list[str], meta: dict[str, Any]) -> Answer:
         stats: StreamStats | None = meta.pop("stats", None)
         meta["n_chunks"] = len(pieces)
-        return build_answer("".join(pieces), stats, self._times, self._stop_reason, self.started, meta)
+        text, fields = answer_fields(self._splitter, pieces)
+        meta.update(fields, **({"notes": list(self._notes)} if self._notes else {}))
+        return build_answer(text, stats, self._times, self._stop_reason, self.started, meta)
 
 
 def stream(

@@ -49,6 +49,7 @@ SPEC_TYPES: dict[str, type] = {
     "model": str,
     "api_key_env": str,
     "endpoint": str,
+    "thinking_tags": list,  # [open, close]: the markers a reasoning model thinks between ([]: none)
     **model_options.TYPES,  # flash attention, KV cache types, GPU offload
 }
 SPEC_KEYS = tuple(SPEC_TYPES)
@@ -138,6 +139,10 @@ def check_alias(name: str, options: Mapping[str, Any]) -> None:
         if isinstance(value, int) and kind is int and value < (0 if key.startswith("n_threads") else 1):
             raise ConfigError(f"model {name!r}: {key} must be positive, got {value}")
     model_options.check(options, where=f"model {name!r}: ")
+    if "thinking_tags" in options:
+        from .thinking import tags_from_option
+
+        tags_from_option(options["thinking_tags"], where=f"model {name!r}: ")
 
 
 def parse_bytes(value: Any) -> int:
@@ -199,6 +204,12 @@ class Settings(HasTraits):
     ).tag(config=True)
     seed = Int(-1, help="Default sampling seed; -1 = random.").tag(config=True)
     system = Unicode("", help="Default system prompt.").tag(config=True)
+    think = Bool(
+        None,
+        allow_none=True,
+        help="Reasoning models: True/False switches thinking on/off where the chat template can "
+        "(Qwen3's enable_thinking, ...); None leaves the template's default.",
+    ).tag(config=True)
     stop = List(Unicode(), help="Default stop strings.").tag(config=True)
     models = Dict(
         help="Aliases: {'name': {'path': ..., 'n_ctx': ..., ...}} or "

@@ -60,6 +60,7 @@ class ModelSpec:
     split_mode: str = "layer"  # none, layer, row
     tensor_split: tuple[float, ...] = ()  # proportions per GPU; empty = by free memory
     offload_kqv: bool = True
+    thinking_tags: tuple[str, ...] | None = None  # the thinking markers (None: from the template; (): none)
     name: str = field(default="", compare=False)  # alias or file name, for display only
 
     @property
@@ -176,6 +177,8 @@ def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
     )
     options.update({k: v for k, v in overrides.items() if v is not None})
     options = {k: model_options.as_spec_value(k, v) for k, v in options.items()}
+    if options.get("thinking_tags") is not None:
+        options["thinking_tags"] = tuple(options["thinking_tags"])
     spec = replace(spec, **options)
     where = f"model {spec.display_name!r}: "
     model_options.check({k: getattr(spec, k) for k in model_options.DEFAULTS}, where=where)

@@ -120,7 +120,9 @@ def test_timeout_marks_partial_answer(ip, caplog):
     assert a.finish_reason == "timeout" and a.n_tokens > 0
     # under the answer: the marker, then where the time went (one line each, the same form)
     assert a.time_report.startswith("waiting for the model load") and "generation" in a.time_report
-    assert out.endswith(f"\n[timed out after 1 s — partial answer, {a.n_tokens} tokens]\n[{a.time_report}]\n")
+    tokens = f"{a.n_tokens} token{'s' if a.n_tokens != 1 else ''}"
+    assert out.endswith(f"\n[timed out after 1 s — partial answer, {tokens}]\n[{a.time_report}]\n")
+    assert f"({tokens})" in a.time_report
     assert "WARNING" not in out and "waiting for" not in a.text
     # the logger has it too, at INFO: a timeout is not an error (no warning for the pink box)
     [record] = [r for r in caplog.records if "timed out" in r.getMessage()]

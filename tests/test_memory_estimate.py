@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -156,10 +155,10 @@ def test_refusal_in_a_cell_and_in_the_status(ip, wide_model):
     with pytest.raises(UsageError) as info:
         run(ip, "%%ask -m big -n 2\nhi")
     assert "needs about" in str(info.value) and "\n" not in str(info.value)
-    llm_magic.preload("big")  # a background load: the refusal is kept, shown in the status
-    deadline = time.monotonic() + 30  # the preload's worker refuses it in a moment, not at once
-    while not any(r["name"] == "big" and r.get("error") for r in llm_magic.models()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    [entry] = llm_magic.preload("big")  # a background load: the refusal is kept, shown in the status
+    assert entry.future is not None
+    with pytest.raises(ModelTooLarge):
+        entry.future.result(timeout=60)
     row = next(r for r in llm_magic.models() if r["name"] == "big" and r.get("error"))
     assert "memory_budget" in row["error"]
     assert "needs about" in llm_magic.status_table()

@@ -22,6 +22,7 @@ HEADER = (
     "last used",
     "device",
     "mlock",
+    "template",
     "kv cache",
     "error / note",
 )
@@ -99,6 +100,7 @@ def test_columns_line_up_and_cells_are_formatted():
         "used",
         "device",
         "mlock",
+        "template",
         "kv",
         "cache",
         "error",
@@ -106,7 +108,21 @@ def test_columns_line_up_and_cells_are_formatted():
         "note",
     ]
     assert set(rule.replace("  ", "")) == {"-"}
-    assert cells(first, header) == ["m.gguf", "-", "ready", "1.5 KB", "3.0 KB", "0.25", "3", "-", "-", "on", "-", ""]
+    assert cells(first, header) == [
+        "m.gguf",
+        "-",
+        "ready",
+        "1.5 KB",
+        "3.0 KB",
+        "0.25",
+        "3",
+        "-",
+        "-",
+        "on",
+        "-",
+        "-",
+        "",
+    ]
     second_cells = cells(second, header)
     assert second_cells[:11] == [
         "a-much-longer-name.gguf",
@@ -199,3 +215,10 @@ def test_status_of_real_models(ip, tiny_model):
     assert rows["later"][1:7] == ["n_ctx=128", "unloaded", "-", "-", "-", "0"]  # configured, not loaded yet
     _, out = run(ip, "%llm status")
     assert out.strip() == table
+
+
+def test_the_chat_template_column():
+    table = status_table([row(chat_template="qwen3 87a2728c"), row(name="base.gguf")])
+    header, _, first, second = table.splitlines()
+    at = HEADER.index("template")
+    assert cells(first, header)[at] == "qwen3 87a2728c" and cells(second, header)[at] == "-"

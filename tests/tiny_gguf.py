@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import gguf
@@ -369,11 +369,15 @@ def _word_pieces(n: int) -> list[str]:
     raise ValueError(f"cannot generate {n} unique word pieces")  # pragma: no cover
 
 
-def _build_vocab(n_vocab_extra: int) -> tuple[list[str], list[float], list[int]]:
+def _build_vocab(
+    n_vocab_extra: int, special_tokens: Sequence[str] = (), user_tokens: Sequence[str] = ()
+) -> tuple[list[str], list[float], list[int]]:
     """Return ``(tokens, scores, token_types)`` for the SentencePiece vocabulary.
 
     Ids: 0 ``<unk>``, 1 ``<s>``, 2 ``</s>``, 3..258 byte tokens, then normal
-    pieces, then ``<|im_start|>`` and ``<|im_end|>``.
+    pieces, then ``<|im_start|>`` and ``<|im_end|>``, then ``special_tokens``
+    (control tokens, e.g. a chat template's markers) and ``user_tokens``
+    (user-defined tokens, shown as text like Qwen3's ``<think>``).
     """
     tokens: list[str] = ["<unk>", "<s>", "</s>"]
     types: list[int] = [_TT.UNKNOWN, _TT.CONTROL, _TT.CONTROL]
@@ -391,6 +395,11 @@ def _build_vocab(n_vocab_extra: int) -> tuple[list[str], list[float], list[int]]
 
     tokens += [IM_START, IM_END]
     types += [_TT.CONTROL, _TT.CONTROL]
+    for extra, kind in ((special_tokens, _TT.CONTROL), (user_tokens, _TT.USER_DEFINED)):
+        for tok in extra:
+            if tok not in tokens:
+                tokens.append(tok)
+                types.append(kind)
 
     # Scores descend with the id (like a real SentencePiece model); control /
     # byte tokens get 0 as in converted llama vocabularies.
@@ -517,6 +526,11 @@ def write_tiny_model(
     seed: int = 0,
     suppress_special: bool = True,
     split_max_tensors: int = 0,
+    special_tokens: Sequence[str] = (),
+    user_tokens: Sequence[str] = (),
+    bos_token: str = "<s>",
+    eos_token: str = "</s>",
+    add_space_prefix: bool | None = None,
 ) -> pathlib.Path:
     """Write a tiny random llama GGUF model to ``path`` and return the path.
 
@@ -534,6 +548,13 @@ def write_tiny_model(
             control tokens (``</s>``, ``<|im_end|>``, ...) or non-whitespace
             byte tokens, so generations only stop at ``max_tokens``/stop
             strings and are always valid ASCII text.
+        special_tokens: More control tokens (a chat template's markers such as
+            ``<|start_header_id|>``), after the ChatML ones.
+        user_tokens: User-defined tokens (shown as text when generated, like
+            Qwen3's ``<think>``); not suppressed.
+        bos_token, eos_token: Which tokens are BOS and EOS (one of the above).
+        add_space_prefix: ``tokenizer.ggml.add_space_prefix`` (None: not written,
+            llama.cpp's default: a space before the text, and after each special token).
 
     Returns:
         ``pathlib.Path(path)``.  Same arguments -> byte-identical file.
@@ -548,7 +569,7 @@ def write_tiny_model(
     out = pathlib.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    tokens, scores, types = _build_vocab(n_vocab_extra)
+    tokens, scores, types = _build_vocab(n_vocab_extra, special_tokens, user_tokens)
     suppressed = _suppressed_ids(tokens, types) if suppress_special else []
     tensors = _build_tensors(
         np.random.default_rng(seed),
@@ -579,10 +600,12 @@ def write_tiny_model(
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    writer.add_bos_token_id(tokens.index(bos_token))
+    writer.add_eos_token_id(tokens.index(eos_token))
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    if add_space_prefix is not None:
+        writer.add_add_space_prefix(add_space_prefix)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..conversation import Conversation
     from ..images import Image
     from ..specs import ModelSpec
+    from ..thinking import ThinkingTags
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Prepared:
     turns_used: int = 0  # earlier conversation turns kept in the prompt
     system: str | None = None
     session: str | None = None  # the conversation it continues (an engine may keep its KV state)
+    thinking: ThinkingTags | None = None  # the model's thinking markers: the request splits them off
+    thinking_open: bool = False  # the prompt ends inside the thinking (the template opened it)
+    think_switch: bool = False  # the chat template can switch thinking on or off (--think / --no-think)
 
 
 @dataclass
@@ -78,8 +82,10 @@ class Engine(Protocol):
         conversation: Conversation | None = None,
         max_tokens: int = 0,
         images: Sequence[Image] | None = None,
+        think: bool | None = None,
     ) -> Prepared:
-        """Build the prompt the way this model expects it (chat template, Q/A prompt, raw)."""
+        """Build the prompt the way this model expects it (chat template, Q/A prompt, raw);
+        ``think`` switches a reasoning model's thinking on or off where its template can."""
         ...
 
     def stream(

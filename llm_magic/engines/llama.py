@@ -9,6 +9,7 @@ sure one request at a time calls ``prepare`` and ``stream``.
 
 Helpers, one job each: ``llama_loop`` (decoding, the KV cache, saved conversation states),
 ``llama_sampler`` (choosing tokens), ``llama_private`` (every private llama-cpp-python name),
+``llama_chat`` (the chat template, its end-of-turn stops, the thinking markers),
 ``llama_vision`` (chat handlers for a projector), ``llama_memory`` (mlock, freeing memory),
 ``llama_grammar`` (checking GBNF), ``stops`` (stop strings).
 """
@@ -20,12 +21,16 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jinja2 import TemplateError
+
 from .. import default_model
 from .. import settings as settings_mod
+from ..chat_templates import compile_error
 from ..errors import ConfigError, ModelLoadError, ModelNotFound, PromptTooLong
 from ..gguf_header import GGUFError, diagnose, read_header
-from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
-from . import kv_states, llama_loop, llama_memory, llama_options, llama_vision
+from ..prompts import QA_STOP, TurnLike, image_messages, qa_text, raw_text
+from ..thinking import ThinkingTags
+from . import kv_states, llama_chat, llama_loop, llama_memory, llama_options, llama_vision
 from . import llama_private as private
 from .base import Prepared, StreamStats
 from .llama_grammar import checked_grammar
@@ -77,8 +82,8 @@ class LocalModel:
         self.chat_handler = chat_handler  # the vision chat handler's name
         self._closed = False
         self._lc: Any = private.install_hooks()  # the llama_cpp package
-        self._chat_render: private.ChatRender | None = None  # built at the first chat prompt
-        self._bos_text = ""
+        self.thinking_tags: ThinkingTags | None = None  # set by load (template, tokenizer, alias)
+        self._chat = llama_chat.ChatSide(llm, spec, chat_template, None)  # chat prompts
         self._kv = llama_loop.KVContext(self._lc, llm, n_ctx)  # what the KV cache holds
         self._saved = kv_states.SavedStates()  # other conversations' KV state, while one runs
         self.device: dict[str, Any] = {}  # device, gpu_layers, flash_attn, kv_type (llama_options)
@@ -125,6 +130,8 @@ class LocalModel:
                     raise ModelLoadError(f"loading {path} was abandoned (unloaded or shutting down)") from None
                 reason = diagnose(path) or private.native_reason(lines) or str(e)
                 raise ModelLoadError(f"cannot load {path}: {reason}") from None
+            except TemplateError as e:  # llama-cpp-python compiles the GGUF's templates as it loads
+                raise compile_error(spec.display_name, e) from None
         if handler is not None:
             llama_vision.init_projector(handler, llm, spec)
         llm.verbose = False  # no timing prints per generation
@@ -141,6 +148,8 @@ class LocalModel:
             chat_handler=handler_name,
         )
         model.device = llama_options.device_info(llm, spec, lines)
+        model.thinking_tags, model._kv.shown_special = llama_chat.thinking_of(llm, spec, model.chat_template)
+        model._chat.tags = model.thinking_tags
         return model
 
     # ---- prompting -----------------------------------------------------------------------
@@ -154,6 +163,7 @@ class LocalModel:
         conversation: Conversation | None = None,
         max_tokens: int = 0,
         images: Sequence[Image] | None = None,
+        think: bool | None = None,
     ) -> Prepared:
         """Tokenize the request the way this model expects it.
 
@@ -176,7 +186,7 @@ class LocalModel:
             mode = "completion"
         special = mode != "raw"
         while True:
-            text, stop, add_bos = self._render(mode, turns, prompt, system)
+            text, stop, add_bos = self._render(mode, turns, prompt, system, think)
             tokens: list[int] | None = None
             if (
                 conversation is not None
@@ -201,9 +211,16 @@ class LocalModel:
                 f"{self.spec.display_name} is {self.n_ctx} (n_ctx); shorten it or load the model with a larger n_ctx"
             )
         session = conversation.name if conversation is not None else None
-        return Prepared(
+        prepared = Prepared(
             mode=mode, text=text, tokens=tokens, stop=stop, turns_used=len(turns), system=system, session=session
         )
+        tags = self.thinking_tags if mode == "chat" else None
+        if tags is not None:
+            at = text.rfind(prompt)
+            prepared.thinking = tags
+            prepared.thinking_open = tags.starts_open(text[at + len(prompt) :] if at != -1 else text[-200:])
+        prepared.think_switch = mode == "chat" and self._chat.can_switch_thinking()
+        return prepared
 
     def _prepare_vision(
         self, prompt: str, images: Sequence[Image], system: str | None, turns: list[TurnLike]
@@ -214,26 +231,15 @@ class LocalModel:
         messages = image_messages(turns, prompt, system, images)
         return Prepared(mode="vision", text=prompt, messages=messages, turns_used=len(turns), system=system)
 
-    def _render(self, mode: str, turns: list[TurnLike], prompt: str, system: str | None) -> tuple[str, list[str], bool]:
+    def _render(
+        self, mode: str, turns: list[TurnLike], prompt: str, system: str | None, think: bool | None = None
+    ) -> tuple[str, list[str], bool]:
         """The prompt text, the stop strings it needs, and whether a BOS token may go in front."""
         if mode == "raw":
             return raw_text(turns, prompt), [], True
         if mode == "chat":
-            return self._render_chat(turns, prompt, system)
+            return self._chat.render(turns, prompt, system, think)
         return qa_text(turns, prompt, system), list(QA_STOP), True
-
-    def _render_chat(self, turns: list[TurnLike], prompt: str, system: str | None) -> tuple[str, list[str], bool]:
-        render = self._chat_render
-        if render is None:
-            llm = self.llm
-            eos_id, bos_id = llm.token_eos(), llm.token_bos()
-            eos = private.token_text(llm, eos_id) if eos_id != -1 else ""
-            self._bos_text = private.token_text(llm, bos_id) if bos_id != -1 else ""
-            render = self._chat_render = private.chat_formatter(self.chat_template or "", eos, self._bos_text)
-        text, stop = render(chat_messages(turns, prompt, system))
-        # The template may already write the BOS token as text; then don't add another.
-        bos = self._bos_text
-        return text, stop, not (bos and text.startswith(bos))
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -327,6 +333,7 @@ class LocalModel:
         return {
             "n_ctx": self.n_ctx,
             "mlock": self.mlock,
+            "chat_template": self._chat.name,
             "chat_handler": self.chat_handler,
             "kv_states": kv_states,
             "kv_bytes": kv_bytes,

@@ -55,6 +55,7 @@ class KVContext:
         self.recurrent = private.recurrent_or_hybrid(llm)
         self.tokens: list[int] = []  # what the KV cache holds, in order
         self.owner: str | None = None  # the conversation whose history that is (None: a one-off ask)
+        self.shown_special: frozenset[int] = frozenset()  # special tokens whose text an answer shows (thinking markers)
         self._buf = (lc.llama_token * self.n_batch)()
         self._one = lc.llama_batch_get_one(self._buf, 1)  # the reused one-token batch
         private.set_n_tokens(llm, 0)  # llama-cpp-python's own view: empty (see claim)
@@ -149,20 +150,23 @@ class KVContext:
 class Detokenizer:
     """Token → text, incrementally: bytes of an unfinished UTF-8 character wait for the next token."""
 
-    def __init__(self, lc: Any, vocab: Any):
+    def __init__(self, lc: Any, vocab: Any, shown_special: frozenset[int] = frozenset()):
         self._lc, self._vocab = lc, vocab
+        self._shown = shown_special
         self._buf = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def piece(self, token: int) -> bytes:
-        """The token's bytes (special tokens render as nothing, as in llama-cpp-python)."""
+        """The token's bytes (special tokens render as nothing, as in llama-cpp-python, except the
+        thinking markers in ``shown_special``). Memoised: the hot path is one dict lookup."""
         data = self._pieces.get(token)
         if data is None:
-            n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+            special = token in self._shown
+            n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, special)
             if n < 0:  # the buffer was too small: -n bytes are needed
                 self._buf = ctypes.create_string_buffer(-n)
-                n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+                n = self._lc.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, special)
             data = self._pieces[token] = self._buf.raw[: max(0, n)]
         return data
 
@@ -198,7 +202,7 @@ class AnswerTokens:
 
     def __init__(self, kv: KVContext, stops: StopMatcher, max_tokens: int, stats: StreamStats):
         self._lc, self._vocab = kv._lc, kv.vocab
-        self._detok = Detokenizer(kv._lc, kv.vocab)
+        self._detok = Detokenizer(kv._lc, kv.vocab, kv.shown_special)
         self._eog: dict[int, bool] = {}
         self._stops = stops
         self._stats = stats
@@ -257,5 +261,5 @@ def generate(
 
 def context_text(kv: KVContext, prompt_text: str, n_prompt: int) -> str:
     """The text of what the cache holds: the prompt's text, then the generated tokens it evaluated."""
-    detok = Detokenizer(kv._lc, kv.vocab)
+    detok = Detokenizer(kv._lc, kv.vocab, kv.shown_special)
     return prompt_text + b"".join(detok.piece(t) for t in kv.tokens[n_prompt:]).decode("utf-8", errors="ignore")

@@ -199,23 +199,6 @@ def init_projector(handler: Any, llm: Any) -> None:
     handler._init_mtmd_context(llm)
 
 
-ChatRender = Callable[[list[dict[str, Any]]], tuple[str, list[str]]]
-
-
-def chat_formatter(template: str, eos_token: str, bos_token: str) -> ChatRender:
-    """Render chat messages with a GGUF's Jinja chat template: ``(prompt, stop strings)``."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
-
-    def render(messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
-        result = formatter(messages=messages)  # type: ignore[arg-type]  # OpenAI-style message dicts
-        stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
-        return result.prompt, [s for s in stop if s]
-
-    return render
-
-
 # ---- what we rely on, checked against the installed llama-cpp-python -----------------------------------
 
 # the C functions our generation loop calls (public binding API, but a rename breaks the loop)
@@ -311,7 +294,7 @@ def _static_problems(version: str) -> list[str]:
     except (AttributeError, TypeError, ValueError) as e:
         problems.append(_problem(version, "llama_cpp.LlamaGrammar._grammar", f"{type(e).__name__}: {e}"))
     need(getattr(internals, "LlamaModel", None), "llama_cpp._internals.LlamaModel", ("add_bos_token", "token_get_text"))
-    need(chat_format, "llama_cpp.llama_chat_format", ("Jinja2ChatFormatter", *_PROJECTOR_BASES))
+    need(chat_format, "llama_cpp.llama_chat_format", _PROJECTOR_BASES)
     for base in _PROJECTOR_BASES:
         need(getattr(chat_format, base, None), f"llama_cpp.llama_chat_format.{base}", ("_init_mtmd_context",))
     try:

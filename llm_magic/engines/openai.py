@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LLMMagicError, ModelLoadError
 from ..prompts import QA_STOP, TurnLike, chat_messages, image_messages, qa_text, raw_text
+from ..thinking import THINK, Thinking
 from .base import Prepared, StreamStats
 from .stops import stop_list
 
@@ -158,6 +159,7 @@ class RemoteModel:
         conversation: Conversation | None = None,
         max_tokens: int = 0,
         images: Sequence[Image] | None = None,
+        think: bool | None = None,  # the server's chat template decides (not switched from here)
     ) -> Prepared:
         """Chat messages (with image parts when there are images), or the prompt text for
         ``--raw`` and the completions endpoint. The server applies its own chat template."""
@@ -183,7 +185,9 @@ class RemoteModel:
         if self.spec.endpoint == "completions":
             text = qa_text(turns, prompt, system)
             return Prepared("completion", text=text, stop=list(QA_STOP), turns_used=len(turns), system=system)
-        return Prepared("chat", messages=chat_messages(turns, prompt, system), turns_used=len(turns), system=system)
+        messages = chat_messages(turns, prompt, system)
+        # a server without a reasoning parser passes <think>…</think> through as text: split it off
+        return Prepared("chat", messages=messages, turns_used=len(turns), system=system, thinking=THINK)
 
     # ---- generation -----------------------------------------------------------------------
 
@@ -257,11 +261,12 @@ class RemoteModel:
                     piece = choice.delta.content if chat else choice.text
                     if choice.finish_reason:
                         stats.finish_reason = "length" if choice.finish_reason == "length" else "stop"
-                    if piece:
-                        got_first = True
-                        n_chunks += 1
-                        stats.n_tokens = max(stats.n_tokens, n_chunks)  # live, for progress()
-                        yield piece
+                    for text in (_reasoning(choice.delta) if chat else None, piece):
+                        if text:
+                            got_first = True
+                            n_chunks += 1
+                            stats.n_tokens = max(stats.n_tokens, n_chunks)  # live, for progress()
+                            yield text
                     if should_stop():
                         return
             except Exception as e:  # noqa: BLE001 - mid-stream failures of any kind: keep the partial text
@@ -300,6 +305,13 @@ class RemoteModel:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.spec.display_name} was unloaded")
+
+
+def _reasoning(delta: Any) -> Thinking | None:
+    """The reasoning a server sends apart from the answer (llama-server's ``reasoning_content``,
+    vLLM's and others' ``reasoning``), as a ``Thinking`` piece."""
+    text = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+    return Thinking(text) if isinstance(text, str) and text else None
 
 
 def status_message(e: Any, spec: ModelSpec, available: list[str] | None = None) -> str:

@@ -21,6 +21,7 @@ from ..rendering import (
     meta_line,
     status_html,
 )
+from ..thinking import Thinking
 
 
 def in_notebook(shell: Any = None) -> bool:
@@ -53,6 +54,8 @@ class StreamDisplay:
         self.throttle = Throttle(max_updates_per_s)
         self.out = out
         self.text = ""
+        self.thinking = ""  # a reasoning model's thinking, streamed apart from the answer
+        self._thinking_live = False
         self.n_updates = 0  # messages sent to the front end (interim + final)
         self._handle: Any = None
         self._status_kind: list[str] = []
@@ -61,9 +64,15 @@ class StreamDisplay:
         return self.out or sys.stdout
 
     def _interim(self) -> dict[str, str]:
-        bundle = {"text/plain": self.text + CURSOR}
+        if self._thinking_live:
+            bundle = {"text/plain": f"{meta_line('thinking')}\n{self.thinking}{CURSOR}"}
+        else:
+            bundle = {"text/plain": self.text + CURSOR}
         if self.markdown:
-            bundle["text/html"] = interim_html(self.text)
+            thinking = self.thinking.strip()
+            bundle["text/html"] = (
+                interim_html(self.text, thinking, self._thinking_live) if thinking else interim_html(self.text)
+            )
         return bundle
 
     def _status(self, message: str) -> dict[str, str]:
@@ -85,7 +94,7 @@ class StreamDisplay:
     def status(self, message: str) -> None:
         """Shown before the first token ('waiting for the model to load', 'reading the prompt
         1,024 / 4,461 tokens'), throttled like the answer itself."""
-        if self.mode == "notebook" and self._handle is not None and not self.text:
+        if self.mode == "notebook" and self._handle is not None and not self.text and not self.thinking:
             now = time.monotonic()
             kind = message.split(" ", 2)[:2]  # "waiting for", "reading the": a new kind goes out at once
             if kind != self._status_kind:
@@ -96,12 +105,23 @@ class StreamDisplay:
                 self.throttle.sent(now=now)
 
     def add(self, chunk: str) -> None:
-        first = not self.text
-        self.text += chunk
+        first = not self.text and not self.thinking
+        thinking = type(chunk) is Thinking
         if self.mode == "text":
             out = self._stdout()
+            if thinking and not self._thinking_live:
+                out.write(f"{meta_line('thinking')}\n")
+            elif not thinking and self._thinking_live:
+                out.write(f"\n{meta_line('end of thinking')}\n\n")
             out.write(chunk)
             out.flush()
+        if thinking:
+            self.thinking += chunk
+            self._thinking_live = True
+        else:
+            self.text += chunk
+            self._thinking_live = False
+        if self.mode == "text":
             return
         if first:
             self.throttle.reset()  # the first token goes out at once, even right after a status
@@ -118,15 +138,22 @@ class StreamDisplay:
         self.n_updates += 1
 
     def finish(
-        self, marker: str | None = None, final_text: str | None = None, note: str | Iterable[str] | None = None
+        self,
+        marker: str | None = None,
+        final_text: str | None = None,
+        note: str | Iterable[str] | None = None,
+        thinking: str | None = None,
+        thinking_tokens: int = 0,
     ) -> None:
         """Show the complete text (rendered in a notebook; "empty answer" if there is nothing to
-        see), then the partial-answer marker and the notes if any, each on a line of its own."""
+        see) after the thinking folded away, then the partial-answer marker and the notes if any,
+        each on a line of its own."""
         text = self.text if final_text is None else final_text
+        thought = (self.thinking if thinking is None else thinking).strip()
         if self.mode == "notebook":
-            bundle = {"text/plain": answer_text(text, marker, note)}
+            bundle = {"text/plain": answer_text(text, marker, note, thinking_tokens if thought else 0)}
             if self.markdown:
-                bundle["text/html"] = answer_html(text, marker, note)
+                bundle["text/html"] = answer_html(text, marker, note, thought, thinking_tokens)
             self._send(bundle)
             return
         out = self._stdout()

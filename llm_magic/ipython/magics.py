@@ -51,6 +51,7 @@ ASK_OPTIONS = (
     "stop",
     "draft",
     "format",
+    "think",
 )
 COMMAND_MODULES = (model_commands, session_commands)  # importing them fills the %llm table
 
@@ -141,6 +142,19 @@ class AskMagics(Magics, Settings):
         help="Constrain the answer with a llama.cpp GBNF grammar "
         "(a .gbnf file or the grammar text); -f json uses a JSON grammar by default.",
     )
+    @argument(
+        "--think",
+        action="store_true",
+        default=None,
+        help="Reasoning models: let the model think first, where its chat template can switch it "
+        "(the thinking streams subdued, then folds away; Answer.thinking keeps it).",
+    )
+    @argument(
+        "--no-think",
+        action="store_false",
+        dest="think",
+        help="Reasoning models: answer without thinking, where the chat template can switch it off.",
+    )
     @argument("--raw", action="store_true", help="Send the text as it is, without a chat or Q/A prompt.")
     @argument(
         "--no-interpolate",
@@ -221,11 +235,14 @@ class AskMagics(Magics, Settings):
                 raise UsageError(str(e)) from None
             raise
         notes = [answer.time_report] if answer.time_report else []  # a timeout: where the time went
+        notes += answer.notes  # e.g. --no-think on a model that cannot switch
         if format == "code":
             answer.value = code_for_next_cell(answer)
             if answer.value is None:
                 notes.append(NO_CODE_BLOCK)
-        view.finish(marker=answer.marker(), note=notes)
+        view.finish(
+            marker=answer.marker(), note=notes, thinking=answer.thinking, thinking_tokens=answer.thinking_tokens
+        )
         stream.log_timeout()  # INFO, for the logs: the cell already shows it
         return answer
 

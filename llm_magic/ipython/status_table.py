@@ -1,7 +1,8 @@
 """``%llm status``: the rows of ``llm_magic.models()`` as a text table, one row per model, with the
 load options that are not the defaults (``n_ctx=8192``) in a column of their own, the memory it
-takes loaded (the estimate: weights, KV cache, buffers), where it runs
-(``CPU``, or a GPU with the layers offloaded) and the conversation KV state it keeps."""
+takes loaded (the estimate: weights, KV cache, buffers), where it runs (``CPU``, or a GPU with the
+layers offloaded), the chat template it uses (family and short hash) and the conversation KV state
+it keeps."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
         "last used",
         "device",
         "mlock",
+        "template",
         "kv cache",
         "error / note",
     )
@@ -86,6 +88,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
             datetime.fromtimestamp(r["last_used"]).strftime("%H:%M:%S") if r["last_used"] else "-",
             _device(r),
             r.get("mlock") or "-",
+            r.get("chat_template") or "-",
             _kv_cache(r),
             str(r["error"] or r.get("note") or _kind_note(r))[:200],
         )
