@@ -215,8 +215,7 @@ class AskPanel(widgets.VBox):
         if stream is not None:
             self._stopping = True
             stream.stop("cancelled")
-            if stream.phase in ("start", "load"):  # waiting for an hf: download: Stop stops it too
-                panel_models.stop_download(stream.spec)
+            panel_models.stop_download(stream.spec)  # waiting for an hf: download: Stop stops it too
             self._wake.set()
 
     def wait(self, timeout: float | None = None) -> Answer | None:
