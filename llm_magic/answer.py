@@ -39,6 +39,10 @@ class Answer(str):
     value: Any = None  # -f json: the parsed object; -f code: the code put into the next cell (or None)
     queue_s: float | None = None  # waiting for the model while another request used it
     time_report: str | None = None  # timeout: where the time went (load wait, queue, prompt, generation)
+    prompt: str = ""  # the exact text the model received (after the chat template or Q/A prompt)
+    provenance: dict[str, Any] | None = None  # how it was made: metadata["llm_magic"] of the cell output
+    replayed: bool = False  # %%ask --cache: answered from the ask log, not by the model
+    log_id: int | None = None  # its row in the ask log
     thinking: str = ""  # a reasoning model's thinking (not part of the text)
     thinking_tokens: int = 0
     in_thinking: bool = False  # ended while still thinking

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
-from . import runtime
+from . import answer_record, runtime
 from . import settings as settings_mod
 from .answer import Answer, build_answer, time_report
 from .cache import ModelCache
 from .cache_entry import Entry
-from .engines.base import Engine, StreamStats
+from .engines.base import Engine, Prepared, StreamStats
 from .errors import ConfigError, LLMMagicError, LoadTimeout
 from .interrupts import sigint_stops
 from .model_queue import ModelQueue
@@ -82,6 +82,7 @@ class Stream:
         self._stats: StreamStats | None = None
         self._times: dict[str, float] = {}
         self._n_chunks = 0
+        self.prepared: Prepared | None = None  # the prompt as the engine built it (Answer.prompt)
         self._splitter: ThinkingSplitter | None = None  # a reasoning model: thinking apart from the answer
         self._notes: list[str] = []  # short notes for under the answer
         self._iter: Generator[str, None, None] = self._run()
@@ -222,6 +223,7 @@ class Stream:
             if self.answer.finish_reason == "timeout":
                 self.answer.time_report = time_report(self.answer, self.started, self._times)
             rt.last_answer = self.answer
+            answer_record.record(self)
             if self.answer.finish_reason == "timeout" and not self.defer_log:
                 self.log_timeout()
 
@@ -301,7 +303,7 @@ class Stream:
         conv = None
         if self.conversation:
             conv = runtime.get().conversations.get(self.conversation, entry.spec.key, entry.name)
-        prepared = model.prepare(
+        self.prepared = prepared = model.prepare(
             self.prompt,
             raw=self.raw,
             system=self.system,

@@ -96,6 +96,9 @@ class Runtime:
             cache.close_all(timeout=max(0.05, deadline - time.monotonic()))
         if pool is not None:
             pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
+        from .provenance import HASHES  # the model files' background hashes (issue 15)
+
+        HASHES.stop(timeout=max(0.05, deadline - time.monotonic()))
 
     def threads(self) -> list[threading.Thread]:
         with self._lock:

@@ -274,6 +274,24 @@ class Settings(HasTraits):
         "(besides the Hugging Face cache, Ollama's store, LM Studio's models and llama.cpp's cache).",
     ).tag(config=True)
 
+    # asking about data (issue 15): summaries of {name}, the ask log, replay
+    context_budget = Int(
+        1000,
+        help="Most prompt tokens per {name} (and for %%ask --cells): a larger object is summarised by its "
+        "type (counted with the model's tokenizer; estimated for remote models). {name!full} sends it whole.",
+    ).tag(config=True)
+    log = Union(
+        [Bool(), Unicode()],
+        default_value=True,
+        help="The ask log (SQLite; %llm log): True = ~/.local/share/llm_magic/log.db "
+        "(or $LLM_MAGIC_DATA_DIR/log.db), a path, or False = off.",
+    ).tag(config=True)
+    cache = Bool(
+        False,
+        help="Answer an identical earlier request (same model file, options, seed and final prompt) "
+        "from the ask log, as %%ask --cache does; %%ask --fresh still asks the model.",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session_aliases: dict[str, dict[str, Any]] = {}  # %llm alias: this session only
@@ -311,7 +329,7 @@ class Settings(HasTraits):
             raise self._fail(proposal, "must be > 0 seconds")
         return proposal["value"]
 
-    @validate("max_tokens", "n_ctx")
+    @validate("max_tokens", "n_ctx", "context_budget")
     def _check_positive(self, proposal: Any) -> Any:
         if proposal["value"] <= 0:
             raise self._fail(proposal, "must be > 0")

@@ -3,8 +3,12 @@ it re-raises cell errors), and process-wide state reset around every test."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -16,10 +20,15 @@ from IPython.core.interactiveshell import InteractiveShell
 sys.path.insert(0, str(Path(__file__).parent))
 
 import llm_magic
-from llm_magic import runtime, settings
+from llm_magic import ask_log, runtime, settings
 from llm_magic.specs import ENV_MODEL
 
 from tiny_gguf import CHATML_TEMPLATE, write_corrupt_files, write_tiny_model
+
+# The ask log and the file-hash cache of every test (and of the kernels tests start) live in a
+# directory of this session, never in the user's home.
+os.environ["LLM_MAGIC_DATA_DIR"] = _DATA_DIR = tempfile.mkdtemp(prefix="llm_magic-data-")
+atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
 # A long trained context: with the default n_ctx (4096) a generation can run ~4000 tokens, many
 # seconds even on a quiet machine, so a 1-3 s timeout really fires (at 2048 it sometimes finished).
@@ -53,15 +62,18 @@ def corrupt_files(model_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch):
-    """Every test starts with no models, default settings, no conversations, no last answer and
-    no default model from the env; and leaves none behind."""
+def _fresh_state(monkeypatch, tmp_path_factory):
+    """Every test starts with no models, default settings, no conversations, no last answer, no
+    default model from the env and an empty ask log of its own; and leaves none behind."""
     monkeypatch.delenv(ENV_MODEL, raising=False)
+    monkeypatch.setenv("LLM_MAGIC_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    ask_log.close_all()
     settings.use(None)
     runtime.get().conversations.reset()
     runtime.get().last_answer = None
     yield
     llm_magic.cleanup_models()
+    ask_log.close_all()
     settings.use(None)
     runtime.get().conversations.reset()
     runtime.get().last_answer = None

@@ -11,7 +11,21 @@ from llm_magic.ipython.command_table import COMMANDS, Command, help_text, listed
 
 from conftest import run, run_error
 
-EXPECTED = {"status", "load", "unload", "alias", "aliases", "models", "explain", "history", "reset", "panel", "help"}
+EXPECTED = {
+    "status",
+    "load",
+    "unload",
+    "alias",
+    "aliases",
+    "models",
+    "explain",
+    "history",
+    "reset",
+    "panel",
+    "help",
+    "log",
+    "last",
+}
 
 
 def test_the_table_holds_every_subcommand_once_the_magics_are_imported():

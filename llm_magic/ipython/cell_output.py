@@ -59,6 +59,7 @@ class StreamDisplay:
         self.n_updates = 0  # messages sent to the front end (interim + final)
         self._handle: Any = None
         self._status_kind: list[str] = []
+        self._last: dict[str, str] | None = None
 
     def _stdout(self) -> TextIO:
         return self.out or sys.stdout
@@ -131,30 +132,41 @@ class StreamDisplay:
             self._send(self._interim())
             self.throttle.sent(render_s=time.perf_counter() - t0, now=now)  # a long answer: fewer updates
 
-    def _send(self, bundle: dict[str, str]) -> None:
+    def _send(self, bundle: dict[str, str], metadata: dict[str, Any] | None = None) -> None:
         if self._handle is None:
             self.start()
-        self._handle.update(bundle, raw=True)
+        if metadata is None:
+            self._handle.update(bundle, raw=True)
+        else:
+            self._handle.update(bundle, raw=True, metadata=metadata)
+        self._last = bundle
         self.n_updates += 1
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """Send the final bundle again with new output metadata (provenance completed later)."""
+        if self.mode == "notebook" and self._last is not None:
+            self._send(self._last, metadata)
 
     def finish(
         self,
         marker: str | None = None,
         final_text: str | None = None,
         note: str | Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
         thinking: str | None = None,
         thinking_tokens: int = 0,
     ) -> None:
         """Show the complete text (rendered in a notebook; "empty answer" if there is nothing to
         see) after the thinking folded away, then the partial-answer marker and the notes if any,
-        each on a line of its own."""
+        each on a line of its own. ``metadata``: the output's metadata in a notebook
+        (``{"llm_magic": provenance}``)."""
         text = self.text if final_text is None else final_text
         thought = (self.thinking if thinking is None else thinking).strip()
         if self.mode == "notebook":
             bundle = {"text/plain": answer_text(text, marker, note, thinking_tokens if thought else 0)}
             if self.markdown:
                 bundle["text/html"] = answer_html(text, marker, note, thought, thinking_tokens)
-            self._send(bundle)
+            self._send(bundle, metadata)
             return
         out = self._stdout()
         if final_text is not None and final_text != self.text:

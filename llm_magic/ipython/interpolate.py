@@ -1,7 +1,10 @@
 """Safe ``{...}`` interpolation of notebook state into a prompt.
 
 Recognised, and nothing else:
-- ``{name}``: the value of a user variable (a plain identifier);
+- ``{name}``: the value of a user variable (a plain identifier); with a ``summarize`` function a
+  large value is summarised within its token budget (``llm_magic.summaries``) and ``notes`` gets
+  one entry per summary that left something out;
+- ``{name!full}``: ``str(value)`` whole, never summarised;
 - ``{In[n]}``, ``{Out[n]}``, ``{Err[n]}``: a cell's source, its result, its error with traceback.
 
 There is no attribute access, no other indexing and no code execution. Every other brace text
@@ -15,7 +18,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-_PATTERN = re.compile(r"\{(?:(?P<ref>In|Out|Err)\[(?P<n>-?\d+)\]|(?P<name>[A-Za-z_][A-Za-z0-9_]*))\}")
+from ..summaries import Summary, clean
+
+_PATTERN = re.compile(r"\{(?:(?P<ref>In|Out|Err)\[(?P<n>-?\d+)\]|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<full>!full)?)\}")
 # an f-string literal opened earlier on the same line and not closed: f"...{   f'{   rf"{   ...
 _IN_FSTRING = re.compile(r"""(?:^|[^A-Za-z0-9_])(?:[rR][fF]|[fF][rR]?)(?P<q>"{3}|'{3}|"|')(?:(?!(?P=q)).)*$""")
 
@@ -31,10 +36,20 @@ def interpolate(
     user_ns: Mapping[str, Any],
     errors: Mapping[int, str] | None = None,
     warn: Callable[[str], None] | None = None,
+    summarize: Callable[[Any], Summary] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
     """Return ``text`` with the recognised references replaced (see the module docstring)."""
     errors = errors or {}
     missing: list[str] = []
+
+    def render(label: str, value: Any) -> str:
+        if summarize is None:
+            return value if isinstance(value, str) else str(value)
+        summary = summarize(value)
+        if summary.cut and notes is not None:
+            notes.append(f"{label}: {summary.what}" if summary.what else label)
+        return summary.text
 
     def value_of(match: re.Match) -> str | None:
         if match.group("name"):
@@ -42,12 +57,14 @@ def interpolate(
             if name not in user_ns:
                 return None
             value = user_ns[name]
-            return value if isinstance(value, str) else str(value)
+            if match.group("full"):
+                return clean(value if isinstance(value, str) else str(value))
+            return render(f"{{{name}}}", value)
         ref, n = match.group("ref"), int(match.group("n"))
         if ref == "In":
             cells = user_ns.get("In") or []
             try:
-                return cells[n] if n != 0 else None
+                return render(f"{{In[{n}]}}", cells[n]) if n != 0 else None
             except IndexError:
                 return None
         if ref == "Out":
@@ -55,11 +72,11 @@ def interpolate(
             if n < 0:
                 keys = sorted(outputs)
                 n = keys[n] if -n <= len(keys) else 0
-            return str(outputs[n]) if n in outputs else None
+            return render(f"{{Out[{n}]}}", outputs[n]) if n in outputs else None
         if n < 0:
             keys = sorted(errors)
             n = keys[n] if -n <= len(keys) else 0
-        return errors.get(n)
+        return render(f"{{Err[{n}]}}", errors[n]) if n in errors else None
 
     def replace(match: re.Match) -> str:
         start, end = match.span()

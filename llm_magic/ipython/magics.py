@@ -17,13 +17,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from .. import answer_record, runtime
 from .. import conversation as conversations
 from ..answer import Answer
 from ..errors import LLMMagicError
 from ..images import load_image
 from ..request import Stream
 from ..settings import Settings
-from . import model_commands, session_commands
+from . import ask_context, log_commands, model_commands, session_commands
 from .cell_errors import CellErrors
 from .cell_output import StreamDisplay
 from .command_table import dispatch
@@ -53,7 +54,7 @@ ASK_OPTIONS = (
     "format",
     "think",
 )
-COMMAND_MODULES = (model_commands, session_commands)  # importing them fills the %llm table
+COMMAND_MODULES = (model_commands, session_commands, log_commands)  # importing them fills the %llm table
 
 
 def _failure_marker(error: BaseException, text: str) -> str | None:
@@ -157,10 +158,24 @@ class AskMagics(Magics, Settings):
     )
     @argument("--raw", action="store_true", help="Send the text as it is, without a chat or Q/A prompt.")
     @argument(
+        "--cells",
+        type=int,
+        metavar="N",
+        help="Add the last N executed cells (source, short results and errors) within AskMagics.context_budget.",
+    )
+    @argument(
+        "--cache",
+        action="store_true",
+        help="Answer an identical earlier request (same model file, options, seed, final prompt) from the ask log "
+        "at once, marked as replayed (AskMagics.cache = True does it for every ask).",
+    )
+    @argument("--fresh", action="store_true", help="Ask the model even when AskMagics.cache is on.")
+    @argument(
         "--no-interpolate",
         action="store_true",
         dest="no_interpolate",
-        help="Send {braces} unchanged (by default {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in).",
+        help="Send {braces} unchanged (by default {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in; a large value "
+        "is summarised within AskMagics.context_budget tokens, {name!full} sends it whole).",
     )
     @no_var_expand
     @line_cell_magic
@@ -168,7 +183,8 @@ class AskMagics(Magics, Settings):
         """Ask a language model; the answer streams into the output.
 
         %%ask [options]
-        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in>
+        <prompt: the cell body; {name}, {In[n]}, {Out[n]}, {Err[n]} are filled in
+         (a large value summarised within AskMagics.context_budget tokens; {name!full}: whole)>
 
         %ask [options] <prompt on one line>
 
@@ -183,10 +199,23 @@ class AskMagics(Magics, Settings):
 
     def ask_with(self, args: argparse.Namespace, prompt: str, interpolate: bool = True) -> None:
         """Run one ask from parsed options: interpolate, stream into the cell, apply the format."""
-        if interpolate and not args.no_interpolate:
-            prompt = interpolate_prompt(
-                prompt, user_ns=self.ip.user_ns, errors=self.cell_errors.tracebacks(), warn=log.warning
-            )
+        notes: list[str] = []
+        if args.cells is not None and args.cells < 1:
+            raise UsageError(f"--cells needs a positive number of cells, got {args.cells}")
+        if (interpolate and not args.no_interpolate) or args.cells:
+            summarize, count = ask_context.summarizer(self.context_budget, args.model)
+            if interpolate and not args.no_interpolate:
+                prompt = interpolate_prompt(
+                    prompt,
+                    user_ns=self.ip.user_ns,
+                    errors=self.cell_errors.tracebacks(),
+                    warn=log.warning,
+                    summarize=summarize,
+                    notes=notes,
+                )
+            if args.cells:
+                errors = self.cell_errors.tracebacks()
+                prompt = ask_context.add_cells(self.ip, errors, prompt, args.cells, self.context_budget, count, notes)
         grammar = read_grammar(args.grammar) if args.grammar else None
         if args.format == "json" and grammar is None:
             grammar = self.json_grammar or json_grammar()
@@ -201,7 +230,11 @@ class AskMagics(Magics, Settings):
                 if image.note:
                     log.warning("llm_magic: %s", image.note)
         passed = {name: getattr(args, name) for name in ASK_OPTIONS}
-        answer = self.run_ask(prompt, conversation=conversation, grammar=grammar, images=images, **passed)
+        replay = (args.cache or self.cache) and not args.fresh
+        note = ask_context.notes_line(notes, self.context_budget)
+        answer = self.run_ask(
+            prompt, conversation=conversation, grammar=grammar, images=images, replay=replay, note=note, **passed
+        )
         result: Any = answer
         if args.format == "code":
             if answer.value is not None:  # run_ask found the code (or said there is none)
@@ -214,8 +247,11 @@ class AskMagics(Magics, Settings):
         if args.output:
             self.ip.user_ns[args.output] = result
 
-    def run_ask(self, prompt: str, format: str = "markdown", **options: Any) -> Answer:
-        """Stream one answer into the cell output and return it."""
+    def run_ask(
+        self, prompt: str, format: str = "markdown", replay: bool = False, note: str | None = None, **options: Any
+    ) -> Answer:
+        """Stream one answer into the cell output and return it (``replay``: from the ask log when
+        an identical request is there; ``note``: a line under the answer)."""
         download_first(options.get("model"), self.shell)  # an hf: model not in the cache: its progress bar
         try:
             # a kernel shutdown or restart request (handled on ipykernel's control thread) sets
@@ -224,6 +260,10 @@ class AskMagics(Magics, Settings):
         except LLMMagicError as e:
             raise UsageError(str(e)) from None
         view = StreamDisplay(markdown=format == "markdown")
+        if replay:
+            replayed = answer_record.replay(stream)
+            if replayed is not None:
+                return self._show_replayed(view, replayed, format, note)
         stream.on_status = view.status
         stream.defer_log = True  # the timeout log record comes after the answer, not in the middle of it
         view.start()
@@ -235,15 +275,45 @@ class AskMagics(Magics, Settings):
                 raise UsageError(str(e)) from None
             raise
         notes = [answer.time_report] if answer.time_report else []  # a timeout: where the time went
+        if note:
+            notes.append(note)
         notes += answer.notes  # e.g. --no-think on a model that cannot switch
         if format == "code":
             answer.value = code_for_next_cell(answer)
             if answer.value is None:
                 notes.append(NO_CODE_BLOCK)
+        meta = dict(answer.provenance) if answer.provenance else None
         view.finish(
-            marker=answer.marker(), note=notes, thinking=answer.thinking, thinking_tokens=answer.thinking_tokens
+            marker=answer.marker(),
+            note=notes,
+            metadata={"llm_magic": meta} if meta else None,
+            thinking=answer.thinking,
+            thinking_tokens=answer.thinking_tokens,
         )
+        if meta is not None:  # the model file's hash comes later: the output's metadata follows
+            self._follow_hash(view, answer, meta)
         stream.log_timeout()  # INFO, for the logs: the cell already shows it
+        return answer
+
+    def _follow_hash(self, view: StreamDisplay, answer: Answer, sent: dict[str, Any]) -> None:
+        def update(meta: dict[str, Any]) -> None:
+            view.set_metadata({"llm_magic": meta})
+
+        if not answer_record.when_hashed(answer, update) and answer.provenance and answer.provenance != sent:
+            update(dict(answer.provenance))  # hashed between the display and now
+
+    def _show_replayed(self, view: StreamDisplay, answer: Answer, format: str, note: str | None) -> Answer:
+        """A replayed answer: shown whole at once, marked, with the original provenance."""
+        runtime.get().last_answer = answer
+        notes = [answer_record.replay_note(answer)] + ([note] if note else [])
+        if format == "code":
+            answer.value = code_for_next_cell(answer)
+            if answer.value is None:
+                notes.append(NO_CODE_BLOCK)
+        view.start()
+        view.text = ""
+        meta = {"llm_magic": dict(answer.provenance)} if answer.provenance else None
+        view.finish(marker=answer.marker(), final_text=answer.text, note=notes, metadata=meta)
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------
