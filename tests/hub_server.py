@@ -25,6 +25,7 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []
         self.stall_at: int | None = None
         self.cut_at: int | None = None  # a GET closes the connection at that byte (once)
+        self.token: str | None = None  # set: a private repo, answered only with "Authorization: Bearer TOKEN"
         self.stalled = threading.Event()  # set when a GET reached stall_at
         self._gate = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -80,6 +81,15 @@ class FakeHub:
                 path = unquote(urlsplit(self.path).path)
                 hub.requests.append((self.command, path, self.headers.get("Range")))
                 parts = path.strip("/").split("/")
+                if hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
+                    body = b'{"error": "Repository not found"}'  # what the Hub says of a private repo
+                    self.send_response(401)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
+                    return None
                 if parts[:2] == ["api", "models"] and len(parts) >= 4:
                     return self._listing("/".join(parts[2:4]))
                 if len(parts) >= 5 and parts[2] == "resolve":

@@ -371,3 +371,16 @@ def test_a_connection_lost_mid_file_is_one_line_and_the_next_try_resumes(hub, hf
     [first, second] = hub.gets()
     assert first[2] is None and second[2] is not None and int(second[2][6:-1]) >= len(data) // 3
     assert Path(resolve(name).path).read_bytes() == data
+
+
+def test_hf_token_opens_a_private_repository(hub, hf_env, tiny_model, monkeypatch):
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    hub.token = "hf_secret_test_token"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(hf_env.parent / "hf-home"))  # no token stored by `hf auth login`
+    with pytest.raises(ModelNotFound) as info:
+        resolve(f"hf:{REPO}:Q4_K_M")
+    assert "HF_TOKEN" in str(info.value) and "hf_secret" not in str(info.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
+    answer = llm_magic.ask("hello", model=f"hf:{REPO}:Q4_K_M", max_tokens=2, timeout=60)
+    assert answer.n_tokens == 2 and len(hub.gets()) == 1
