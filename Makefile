@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lint format lab bench soak install clean-venv
+.PHONY: demo test lint format lab bench soak install clean-venv llama-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: $(VENV)/.installed-default-model+test
 
 test: $(VENV)/.installed-default-model+test+browser
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# llama.cpp's own llama-server and rpc-server, built once from the sources vendored in the llama-cpp-python sdist
+# (cached in ~/.cache/llm_magic/llama.cpp/<version>/): the remote tests run against them (the tests build them
+# too when missing; CI builds them first)
+llama-tools: $(VENV)/.installed-default-model+test+browser
+	$(PY) benchmarks/llama_cpp_build.py llama-server rpc-server
 
 # ruff (lint + format) and mypy, configured in pyproject.toml; all three run, and any failure fails
 lint: $(VENV)/.installed-dev

@@ -312,17 +312,19 @@ def main() -> int:
         rows_of("panel", [panel_headline(panel, why)])
     if stream is not None:
         try_plot("updates", plot.updates, stream, panel)
-    if "remote" in only:  # issue 5's row (bench_remote.py, tiny model on llama_cpp.server)
+    if "remote" in only:  # issue 5's row (bench_remote.py, tiny model on llama_cpp.server and llama-server)
         remote, why = run_foreign("remote", None, reps=5 if reps >= 5 else reps)
         if remote is not None:
             update_readme("remote", remote["table"])
             d = remote["data"]
+            ls = d.get("servers", {}).get("llama-server", {})
             row = (
                 "5b remote",
-                "`%%ask -m srv` vs bare `openai` client: tokens/s ratio, TTFT diff",
+                "`%%ask -m srv` vs bare `openai` client: tokens/s ratio, TTFT diff (llama_cpp.server; llama-server)",
                 "—",
                 "—",
-                f"{d['ratio_tps']:.3f}, {d['ttft_diff_ms']:+.1f} ms",
+                f"{d['ratio_tps']:.3f}, {d['ttft_diff_ms']:+.1f} ms"
+                + (f"; {ls['ratio_tps']:.3f}, {ls['ttft_diff_ms']:+.1f} ms" if ls.get("ratio_tps") else ""),
                 "—",
             )
         else:

@@ -270,3 +270,12 @@ def run_error(ip, cell: str, store_history: bool = False) -> tuple[BaseException
         else:
             raise AssertionError(f"the cell did not fail: {cell!r}")
     return error, captured.stdout + captured.stderr
+
+
+def pytest_collection_finish(session):
+    """Build llama.cpp's llama-server and rpc-server (once, then cached) before the tests marked
+    ``llama_cpp_tools`` run: a cold build takes minutes, longer than one test's timeout."""
+    if any(item.get_closest_marker("llama_cpp_tools") for item in session.items):
+        from llama_server import llama_cpp_tools
+
+        llama_cpp_tools()

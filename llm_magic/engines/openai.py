@@ -217,7 +217,8 @@ class RemoteModel:
         params: dict[str, Any] = {k: v for k, v in sampling.items() if v is not None and k in _OPENAI_SAMPLING}
         if params.get("seed") is not None and params["seed"] < 0:
             params.pop("seed")
-        params.update(model=self.model_name, max_tokens=max_tokens, stream=True)
+        # include_usage: llama-server (like OpenAI, vLLM, Ollama) sends the token counts only when asked
+        params.update(model=self.model_name, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
         if stop:
             params["stop"] = stop[:4]  # the OpenAI API takes at most 4
         if extra:
@@ -252,10 +253,8 @@ class RemoteModel:
                 for chunk in response:
                     if stats.first_sample_at is None:
                         stats.first_sample_at = time.monotonic()
+                    _read_counts(chunk, stats)
                     if not chunk.choices:
-                        if getattr(chunk, "usage", None) is not None:
-                            stats.n_tokens = chunk.usage.completion_tokens
-                            stats.n_prompt_tokens = chunk.usage.prompt_tokens
                         continue
                     choice = chunk.choices[0]
                     piece = choice.delta.content if chat else choice.text
@@ -274,6 +273,9 @@ class RemoteModel:
                     return  # our own close() during Stop/timeout
                 if isinstance(e, openai.APIStatusError):
                     raise RemoteError(f"{where}: {status_message(e, self.spec, self.server_models)}") from None
+                if isinstance(e, openai.APIError) and not isinstance(e, openai.APIConnectionError):
+                    # an `error` event in the stream: how llama-server reports a request that fails once streaming began
+                    raise RemoteError(f"{where}: the server reported an error: {_one_line(e.message)}") from None
                 if not got_first and attempt == 1 and isinstance(e, transport_errors):
                     continue
                 if isinstance(e, transport_errors):
@@ -284,6 +286,12 @@ class RemoteModel:
             finally:
                 stats.cancel = None
                 response.close()
+            if not got_first and stats.finish_reason is None and not should_stop():
+                # llama_cpp.server answers 200 and an empty stream when the request fails in its generator
+                raise RemoteError(
+                    f"{where}: the server ended the stream without an answer "
+                    "(a prompt longer than its context? the server's log says why)"
+                )
             if not stats.n_tokens:
                 stats.n_tokens = n_chunks  # the server sent no usage: one chunk per token
             stats.finish_reason = stats.finish_reason or "stop"
@@ -305,6 +313,24 @@ class RemoteModel:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.spec.display_name} was unloaded")
+
+
+def _read_counts(chunk: Any, stats: StreamStats) -> None:
+    """Token counts a chunk carries: OpenAI's ``usage`` (on its own last chunk, or beside the choices), and
+    llama-server's ``timings`` (``prompt_n``: the prompt tokens it evaluated, not reused from its cache)."""
+    usage = getattr(chunk, "usage", None)
+    if usage is not None:
+        if isinstance(getattr(usage, "completion_tokens", None), int):
+            stats.n_tokens = usage.completion_tokens
+        if isinstance(getattr(usage, "prompt_tokens", None), int):
+            stats.n_prompt_tokens = usage.prompt_tokens
+    timings = getattr(chunk, "timings", None)
+    if isinstance(timings, dict) and isinstance(timings.get("prompt_n"), int):
+        stats.n_prompt_evaluated = timings["prompt_n"]
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())[:200]
 
 
 def _reasoning(delta: Any) -> Thinking | None:
@@ -332,4 +358,4 @@ def status_message(e: Any, spec: ModelSpec, available: list[str] | None = None) 
         return f"server error {code}"
     body = getattr(e, "body", None)
     detail = body.get("message") if isinstance(body, dict) else None
-    return f"the server refused the request ({code}{': ' + str(detail)[:200] if detail else ''})"
+    return f"the server refused the request ({code}{': ' + _one_line(detail) if detail else ''})"

@@ -1,6 +1,7 @@
 """llm_magic.engines.openai (``RemoteModel``): remote models over an OpenAI-compatible server —
-against a real `python -m llama_cpp.server` on 127.0.0.1 serving the tiny test model, and a small
-loopback HTTP server that misbehaves on purpose (5xx, malformed streams)."""
+against two real servers on 127.0.0.1 serving the tiny test model, `python -m llama_cpp.server` and
+llama.cpp's own `llama-server` (built once from the vendored sources, see tests/llama_server.py), and a
+small loopback HTTP server that misbehaves on purpose (5xx, malformed streams)."""
 
 from __future__ import annotations
 
@@ -22,22 +23,41 @@ from llm_magic.engines.openai import RemoteModel, describe_connection_error
 from llm_magic.specs import resolve
 
 from conftest import run, run_error
-from llama_server import Server, free_port
+from llama_server import free_port, need_llama_cpp_tools, start_server
 
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 SECRET = "sk-test-7f3a9c1e5b"
 
+# every test that talks to a real server runs against both
+SERVER_KINDS = [
+    pytest.param("llama_cpp.server"),
+    pytest.param("llama-server", marks=pytest.mark.llama_cpp_tools),
+]
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+
+def _server_kind(request) -> str:
+    if request.param == "llama-server":
+        need_llama_cpp_tools()  # skip outside CI when it cannot be built here (no compiler), fail in CI
+    return request.param
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def server(request, tmp_path_factory):
     from tiny_gguf import write_tiny_model
 
+    kind = _server_kind(request)
     model = str(write_tiny_model(tmp_path_factory.mktemp("srv") / "tiny.gguf", n_ctx_train=32768))
-    srv = Server(model)
+    srv = start_server(kind, model)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server_kind(request) -> str:
+    """For the tests that start (and kill) a server of their own."""
+    return _server_kind(request)
 
 
 @pytest.fixture
@@ -138,11 +158,11 @@ def test_dns_failure_message():
     assert describe_connection_error(wrapped) == "cannot resolve the host name (DNS failure)"
 
 
-def test_api_key_wrong_key_and_secrecy(ip, tmp_path_factory, monkeypatch, caplog):
+def test_api_key_wrong_key_and_secrecy(ip, server_kind, tmp_path_factory, monkeypatch, caplog):
     from tiny_gguf import write_tiny_model
 
     model = str(write_tiny_model(tmp_path_factory.mktemp("srvkey") / "tiny.gguf"))
-    srv = Server(model, api_key=SECRET)
+    srv = start_server(server_kind, model, api_key=SECRET)
     try:
         monkeypatch.setenv("MY_KEY", "sk-wrong-key-0000")
         ip.run_line_magic(
@@ -172,11 +192,11 @@ def test_api_key_wrong_key_and_secrecy(ip, tmp_path_factory, monkeypatch, caplog
         srv.stop()
 
 
-def test_server_killed_mid_stream_keeps_partial_text(tmp_path_factory):
+def test_server_killed_mid_stream_keeps_partial_text(server_kind, tmp_path_factory):
     from tiny_gguf import write_tiny_model
 
     model = str(write_tiny_model(tmp_path_factory.mktemp("srvkill") / "tiny.gguf", n_ctx_train=32768))
-    srv = Server(model)
+    srv = start_server(server_kind, model)
     try:
         llm_magic.current_settings().models = {"dying": {"base_url": srv.url, "model": "tiny"}}
         s = llm_magic.stream("go", model="dying", max_tokens=100_000, timeout=60)
@@ -188,6 +208,43 @@ def test_server_killed_mid_stream_keeps_partial_text(tmp_path_factory):
         a = s.answer
         assert a.finish_reason == "error" and len(a) > 0 and a.text.startswith("".join(got[:20]))
         assert "broke off the stream" in a.error and srv.url in a.error
+    finally:
+        srv.stop()
+
+
+def test_token_counts_come_from_the_server(server):
+    """llama-server sends `usage` (when asked: stream_options.include_usage) and its `timings`: the prompt
+    tokens it evaluated, the rest reused from its cache. llama_cpp.server sends neither in a stream."""
+    if server.kind != "llama-server":
+        pytest.skip("llama_cpp.server sends no usage in a stream: the answer counts its chunks")
+    llm_magic.current_settings().models = {"srv": {"base_url": server.url, "model": "tiny"}}
+    prompt = "Tell me everything about the history of Paris, the capital of France."
+    a = llm_magic.ask(prompt, model="srv", max_tokens=8, temperature=0)
+    b = llm_magic.ask(prompt, model="srv", max_tokens=8, temperature=0)
+    assert a.n_tokens == b.n_tokens == 8 and a.n_prompt_tokens == b.n_prompt_tokens > 10
+    assert 0 < b.n_prompt_evaluated < b.n_prompt_tokens  # the same prompt again: the server reused its cache
+
+
+def test_stop_strings_end_the_answer_on_the_server(srv_alias):
+    full = llm_magic.ask("Tell me about Paris", model="srv", max_tokens=30, temperature=0)
+    words = full.text.split()
+    stop = next(w for w in words[len(words) // 2 :] if len(w) >= 3)
+    cut = llm_magic.ask("Tell me about Paris", model="srv", max_tokens=30, temperature=0, stop=[stop, "@@", "##", "%%"])
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
+
+
+def test_a_prompt_longer_than_the_servers_context_is_one_line(server_kind, tmp_path_factory):
+    from tiny_gguf import write_tiny_model
+
+    model = str(write_tiny_model(tmp_path_factory.mktemp("srvctx") / "tiny.gguf"))
+    srv = start_server(server_kind, model, n_ctx=256)
+    try:
+        llm_magic.current_settings().models = {"small": {"base_url": srv.url, "model": "tiny"}}
+        with pytest.raises(llm_magic.LLMMagicError) as info:
+            llm_magic.ask("word " * 600, model="small", max_tokens=5)
+        message = str(info.value)
+        assert "\n" not in message and srv.url in message and "context" in message.lower()
+        assert llm_magic.ask("hi", model="small", max_tokens=3).n_tokens == 3  # the server and the model go on
     finally:
         srv.stop()
 
@@ -236,6 +293,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.mode == "record":
             chunk["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
             self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+        elif self.mode == "error-event":  # how llama-server reports a failure once the stream has begun
+            error = {"code": 500, "message": "context shift is disabled\n(see --context-shift)", "type": "server_error"}
+            self.wfile.write(f"data: {json.dumps({'error': error})}\n\n".encode())
         else:
             self.wfile.write(b"data: {this is not json\n\n")
         self.wfile.flush()
@@ -267,6 +327,15 @@ def test_malformed_stream_keeps_partial_text(bad_server):
     assert a == "Hello" and a.finish_reason == "error" and "malformed stream" in a.error
 
 
+def test_an_error_event_in_the_stream_is_the_servers_own_message(bad_server):
+    _Handler.mode = "error-event"
+    url = f"http://127.0.0.1:{bad_server.server_address[1]}/v1"
+    llm_magic.current_settings().models = {"ev": {"base_url": url, "model": "m"}}
+    a = llm_magic.ask("x", model="ev", max_tokens=5)
+    assert a == "Hello" and a.finish_reason == "error"
+    assert a.error.endswith("the server reported an error: context shift is disabled (see --context-shift)")
+
+
 def test_penalties_are_sent_as_openai_parameters(bad_server):
     _Handler.mode, _Handler.bodies = "record", []
     url = f"http://127.0.0.1:{bad_server.server_address[1]}/v1"
@@ -275,6 +344,7 @@ def test_penalties_are_sent_as_openai_parameters(bad_server):
     assert a == "Hello"
     body = _Handler.bodies[-1]
     assert (body["frequency_penalty"], body["presence_penalty"]) == (0.5, -0.25)
+    assert body["stream_options"] == {"include_usage": True}  # what llama-server needs to send `usage`
     llm_magic.current_settings().presence_penalty = 1.5  # the setting is the default
     llm_magic.ask("x", model="rec", max_tokens=5)
     assert (_Handler.bodies[-1]["frequency_penalty"], _Handler.bodies[-1]["presence_penalty"]) == (0.0, 1.5)
