@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import runtime
+from . import model_sources, runtime
 from . import settings as _settings
 from ._version import __version__
 from .answer import Answer
@@ -28,6 +28,7 @@ from .thinking import Thinking
 
 if TYPE_CHECKING:
     from .ask_panel import AskPanel
+    from .model_finder import FoundModel
 
 __all__ = [
     "Answer",
@@ -37,6 +38,7 @@ __all__ = [
     "stream",
     "preload",
     "models",
+    "find_models",
     "estimate",
     "Estimate",
     "unload",
@@ -92,6 +94,11 @@ def estimate(model: str | None = None, n_ctx: int | None = None, **options: Any)
     spec = resolve(model, n_ctx=n_ctx, **options)
     if spec.remote:
         raise ConfigError(f"{spec.display_name} is a remote model: its memory is the server's")
+    if model_sources.needs_download(spec.path):
+        raise ModelNotFound(
+            f"{spec.display_name} is not downloaded yet (its estimate reads the file's header): "
+            f"`%llm load {spec.display_name}` downloads it"
+        )
     from .gguf_header import GGUFError
     from .memory_estimate import estimate_spec
 
@@ -117,6 +124,10 @@ def models() -> list[dict[str, Any]]:
             rows.append(_not_loaded(name, alias.get("path") or alias.get("base_url"), _options_of(name)))
             known.add(name)
     default = _default_row(entries, known)
+    for row in rows:  # an hf: model downloading before it loads: how far it is
+        progress = model_sources.progress(str(row.get("path") or "")) if row["state"] == "loading" else None
+        if progress is not None and progress.state == "downloading":
+            row["note"] = f"downloading {progress.text()}"
     return rows + ([default] if default is not None else [])
 
 
@@ -158,6 +169,17 @@ def _not_loaded(name: str, path: str | None, options: str, **extra: Any) -> dict
         "error": None,
     }
     return {**row, **extra}
+
+
+def find_models() -> list[FoundModel]:
+    """The GGUF models on this machine: ``AskMagics.model_dirs``, the Hugging Face cache, Ollama's
+    store, LM Studio's models and llama.cpp's cache. Each row: ``name`` (what ``-m`` takes), ``path``,
+    ``source``, ``size_bytes``, ``architecture``, ``quantization``, ``context_length``,
+    ``chat_template``, ``estimate_bytes`` and ``error`` (a broken file's reason) — read from GGUF
+    headers, never loading a model."""
+    from .model_finder import find_models as find
+
+    return find()
 
 
 def unload(name: str | None = None, *, all: bool = False) -> int:

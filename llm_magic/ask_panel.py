@@ -215,6 +215,7 @@ class AskPanel(widgets.VBox):
         if stream is not None:
             self._stopping = True
             stream.stop("cancelled")
+            panel_models.stop_download(stream.spec)  # waiting for an hf: download: Stop stops it too
             self._wake.set()
 
     def wait(self, timeout: float | None = None) -> Answer | None:

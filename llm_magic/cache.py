@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from . import memory_estimate
+from . import memory_estimate, model_sources
 from . import settings as settings_mod
 from .cache_entry import CLOSING, FAILED, LOADING, READY, UNLOADED, Entry, Victim, claim, file_id, load_options
 from .engines import load_engine
@@ -217,6 +217,9 @@ class ModelCache:
     def _load(self, entry: Entry) -> Any:
         started = time.monotonic()
         try:
+            if not entry.spec.remote:  # an hf: model not in the cache yet downloads here, like a preload
+                for path in (entry.spec.path, entry.spec.mmproj):
+                    model_sources.fetch(path, entry.abort)
             loaded_id = None if entry.spec.remote else file_id(entry.spec.path)
             if not entry.spec.remote:
                 self._make_room(entry)

@@ -7,6 +7,7 @@ No third-party dependency: the format is small (https://github.com/ggml-org/ggml
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -124,9 +125,29 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
                 raise _Truncated
             f.seek(skip, os.SEEK_CUR)
             return _SkippedArray(count)
+        if item_type == _STRING and not keep:  # the token list: 100k+ strings, skipped by their lengths
+            _skip_strings(f, count)
+            return _SkippedArray(count)
         items = [_value(f, item_type, keep) for _ in range(count)]
         return items if keep else _SkippedArray(count)
     raise GGUFError(f"unknown metadata value type {vtype}")
+
+
+def _skip_strings(f: BinaryIO, count: int) -> None:
+    """Seek past ``count`` GGUF strings (8-byte length, then the bytes) without reading them one by one."""
+    size = os.fstat(f.fileno()).st_size
+    offset = f.tell()
+    if count * 8 > size - offset:
+        raise _Truncated
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if offset + 8 > size:
+                raise _Truncated
+            offset += 8 + unpack(mm, offset)[0]
+    if offset > size:
+        raise _Truncated
+    f.seek(offset)
 
 
 def read_header(

@@ -14,7 +14,7 @@ import html
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import runtime, specs
+from . import model_sources, runtime, specs
 from .answer import Answer
 from .cache_entry import FAILED, LOADING, READY, Entry
 from .errors import LLMMagicError
@@ -39,6 +39,8 @@ __all__ = [
     "request_status_html",
     "progress_of",
     "failed_answer",
+    "downloading",
+    "stop_download",
     "streamed_html",
     "streamed_text",
     "status_html",
@@ -238,6 +240,9 @@ def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False, 
             parts.append(f"{p.tokens_per_s:.0f} tokens/s")
         return status_html("◌", " · ".join(parts), BLUE)
     if p.phase in ("start", "load"):
+        download = downloading(getattr(stream, "spec", None))
+        if download is not None:  # an hf: model not in the cache yet: how far its download is
+            return status_html("◌", f"{name}: downloading {download.text()}", BLUE)
         loading = p.loading_s if p.loading_s is not None else p.elapsed_s
         return status_html("◌", f"{name}: loading ({loading:.0f} s)", BLUE)
     if p.phase == "queue":
@@ -250,6 +255,29 @@ def request_status_html(stream: Any, n_pieces: int = 0, stopping: bool = False, 
             return status_html("◌", f"{name}: reading the prompt {done:,} / {p.prompt_tokens:,} tokens", BLUE)
         return status_html("◌", f"{name}: reading the prompt…", BLUE)
     return status_html("◌", f"{name}: generating…", BLUE)
+
+
+def downloading(spec: ModelSpec | None) -> model_sources.Progress | None:
+    """The running download of ``spec``'s file (an ``hf:`` model not in the cache yet), if any."""
+    if spec is None or spec.remote:
+        return None
+    for path in (spec.path, spec.mmproj):
+        progress = model_sources.progress(path) if path else None
+        if progress is not None and progress.state == "downloading":
+            return progress
+    return None
+
+
+def stop_download(spec: ModelSpec | None) -> bool:
+    """Stop ``spec``'s download (what Stop does while a request waits for one); the next ask
+    resumes it. True if one was running."""
+    cache = runtime.get().cache_if_open()
+    entry = cache.entry(spec) if cache is not None and spec is not None else None
+    if entry is None or entry.state != LOADING or downloading(spec) is None:
+        return False
+    assert cache is not None
+    cache.unload(entry)
+    return True
 
 
 def streamed_text(pieces: list[str]) -> str:

@@ -240,6 +240,9 @@ class Stream:
                 self.stop("timeout")
             except KeyboardInterrupt:
                 self.stop("cancelled")
+            except LLMMagicError:
+                if not self._stop_event.is_set():  # stopped meanwhile (a download Stop ended): cancelled
+                    raise
             meta["load_wait_s"] = time.monotonic() - self.started
             if found is None or self._stop_event.is_set():
                 return

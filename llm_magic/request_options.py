@@ -4,9 +4,10 @@ once (a bad value is a ``ConfigError`` naming the rule before anything loads).""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from . import hf_source, model_sources
 from . import settings as settings_mod
 from .errors import ConfigError
 from .images import Image, load_image
@@ -55,6 +56,9 @@ def resolve_options(
         model = s.vision_model or None
     spec = resolve(model)
     loaded = [img if isinstance(img, Image) else load_image(img) for img in (images or [])]
+    if loaded and not spec.mmproj and model and hf_source.is_hf(model):  # the repo's projector, if it has one
+        projector = model_sources.hf_projector(model)
+        spec = replace(spec, mmproj=projector) if projector else spec
     if loaded and not spec.mmproj and not spec.remote:
         vision = [n for n, o in s.aliases().items() if o.get("mmproj")]
         raise ConfigError(

@@ -268,6 +268,11 @@ class Settings(HasTraits):
     offload_kqv = Bool(True, help="Keep the KV cache (and attention) on the GPU with the offloaded layers.").tag(
         config=True
     )
+    model_dirs = List(
+        Unicode(),
+        help="Folders searched for GGUF files by `%llm models`, llm_magic.find_models() and -m completion "
+        "(besides the Hugging Face cache, Ollama's store, LM Studio's models and llama.cpp's cache).",
+    ).tag(config=True)
 
     # asking about data (issue 15): summaries of {name}, the ask log, replay
     context_budget = Int(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import default_model, model_options
+from . import default_model, model_options, model_sources
 from . import settings as settings_mod
 from .errors import ModelNotFound
 from .settings import check_alias
@@ -105,6 +105,16 @@ def resolve_spec_path(path: str) -> str:
     return full
 
 
+def _projector_path(value: str) -> str:
+    """An alias's ``mmproj``: a path, or an ``hf:`` projector file (downloaded with the model)."""
+    if model_sources.is_source(value):
+        found = model_sources.locate(value, projector=True)
+        if found.mmproj:  # ollama: a vision model's projector layer
+            return found.mmproj
+        return found.path
+    return resolve_spec_path(value)
+
+
 def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
     """Turn an alias, a path or ``None`` (the default model) into a ``ModelSpec``.
 
@@ -133,15 +143,22 @@ def resolve(model: str | None = None, **overrides: Any) -> ModelSpec:
             return spec
         path = str(options.pop("path"))
         if options.get("mmproj"):
-            options["mmproj"] = resolve_spec_path(options["mmproj"])
+            options["mmproj"] = _projector_path(options["mmproj"])
         display = name
     elif name == "default" and default_model.is_installed():
         path = str(default_model.path())  # assembled at load time if missing
         display = "gemma-3-270m (default)"
     else:
         path, display = name, ""
-    path = str(Path(os.path.expandvars(path)).expanduser().resolve())
-    if not os.path.exists(path) and not (name == "default" and default_model.is_installed()):
+    pending = False
+    if model_sources.is_source(path):  # hf:ORG/REPO:QUANT, ollama:NAME:TAG (the path is kept as found)
+        found = model_sources.locate(path)
+        path, display, pending = found.path, display or found.name, found.pending
+        if found.mmproj and not options.get("mmproj"):  # Ollama's projector layer: a vision model
+            options["mmproj"] = found.mmproj
+    else:
+        path = str(Path(os.path.expandvars(path)).expanduser().resolve())
+    if not os.path.exists(path) and not pending and not (name == "default" and default_model.is_installed()):
         known = ", ".join(sorted(aliases)) or "none"
         raise ModelNotFound(
             f"model file not found: {path}. Pass a GGUF path or an alias (configured aliases: {known}); "

@@ -17,6 +17,7 @@ EXPECTED = {
     "unload",
     "alias",
     "aliases",
+    "models",
     "explain",
     "history",
     "reset",

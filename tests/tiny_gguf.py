@@ -525,6 +525,7 @@ def write_tiny_model(
     n_vocab_extra: int = 1000,
     seed: int = 0,
     suppress_special: bool = True,
+    split_max_tensors: int = 0,
     special_tokens: Sequence[str] = (),
     user_tokens: Sequence[str] = (),
     bos_token: str = "<s>",
@@ -581,7 +582,7 @@ def write_tiny_model(
         suppressed=suppressed,
     )
 
-    writer = gguf.GGUFWriter(out, "llama")
+    writer = gguf.GGUFWriter(out, "llama", split_max_tensors=split_max_tensors)
     writer.add_name("tiny-test")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(n_ctx_train)
@@ -615,6 +616,8 @@ def write_tiny_model(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_max_tensors:  # a split GGUF: NAME-00001-of-0000N.gguf ...; the first part is the model
+        return sorted(out.parent.glob(f"{out.stem}-00001-of-*.gguf"))[0]
     return out
 
 

@@ -46,6 +46,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from .. import preload
     from ..errors import LLMMagicError
     from ..specs import default_model_name
+    from . import completion
     from .magics import AskMagics
     from .parsing import ask_line_transformer
 
@@ -64,6 +65,7 @@ def load_ipython_extension(ipython: Any) -> None:
     cleanups = getattr(ipython, "input_transformers_cleanup", None)
     if cleanups is not None:
         cleanups.append(ask_line_transformer)
+    completion.register(ipython)  # %%ask -m <Tab>: aliases and the models on this machine
     names: list[str] | None = magics.preload
     if names is None:
         default = default_model_name()
@@ -78,9 +80,11 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext llm_magic``: free every model and stop every worker thread."""
     from .. import cleanup_models
+    from . import completion
 
     cleanup_models()
     _drop_transformer(ipython)
+    completion.unregister(ipython)
     magics = ipython.magics_manager.registry.pop("AskMagics", None)
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != "AskMagics"]
     if magics is None:

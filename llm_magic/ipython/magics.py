@@ -28,6 +28,7 @@ from . import ask_context, log_commands, model_commands, session_commands
 from .cell_errors import CellErrors
 from .cell_output import StreamDisplay
 from .command_table import dispatch
+from .download_view import download_first
 from .formats import FORMATS, NO_CODE_BLOCK, code_for_next_cell, parse_json_answer
 from .interpolate import interpolate as interpolate_prompt
 from .parsing import json_grammar, parse_ask_line, read_grammar
@@ -81,7 +82,11 @@ class AskMagics(Magics, Settings):
     # ---- %%ask / %ask ----------------------------------------------------------------------
 
     @magic_arguments()
-    @argument("-m", "--model", help="Alias from AskMagics.models or a path to a GGUF file.")
+    @argument(
+        "-m",
+        "--model",
+        help="Alias from AskMagics.models, a path to a GGUF file, hf:ORG/REPO:QUANT or ollama:NAME[:TAG] (Tab completes).",
+    )
     @argument(
         "-t",
         "--timeout",
@@ -247,6 +252,7 @@ class AskMagics(Magics, Settings):
     ) -> Answer:
         """Stream one answer into the cell output and return it (``replay``: from the ask log when
         an identical request is there; ``note``: a line under the answer)."""
+        download_first(options.get("model"), self.shell)  # an hf: model not in the cache: its progress bar
         try:
             # a kernel shutdown or restart request (handled on ipykernel's control thread) sets
             # shell.exit_now: stop at the next token so the kernel exits at once

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from .. import runtime
+from .. import model_sources, runtime
 from ..errors import LLMMagicError
 from ..settings import check_alias
 from ..specs import resolve, resolve_spec_path
 from .command_table import command, usage_error
+from .download_view import wait_for_download
 from .parsing import options_text, split_words
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def load(magics: AskMagics, rest: str) -> None:
         return
     started = time.monotonic()
     for entry in entries:
+        wait_for_download(entry.spec, magics.shell)  # an hf: model not downloaded yet: its progress bar
         runtime.get().cache.get(entry.spec)
     print(f"ready in {time.monotonic() - started:.2f} s: {', '.join(e.name for e in entries)}")
 
@@ -132,7 +134,7 @@ def alias(magics: AskMagics, rest: str) -> None:
         spec["offload_kqv"] = False
     try:
         check_alias(args.name, spec)
-        if isinstance(spec.get("path"), str):
+        if isinstance(spec.get("path"), str) and not model_sources.is_source(str(spec["path"])):
             resolve_spec_path(str(spec["path"]))
     except LLMMagicError as e:
         raise UsageError(str(e)) from None
@@ -161,3 +163,17 @@ def aliases(magics: AskMagics, rest: str) -> None:
         source = "session" if name in magics.session_aliases else "config"
         target = spec.get("path") or spec.get("base_url")
         print(f"{name:<{width}}  {target}  {options_text(spec)}  ({source})".rstrip())
+
+
+@command(
+    "models",
+    "GGUF models on this machine (model_dirs, Hugging Face cache, Ollama, LM Studio, llama.cpp cache): "
+    "name for -m, size, architecture, quantization, context, chat template, memory estimate",
+)
+def models(magics: AskMagics, rest: str) -> None:
+    from ..model_finder import find_models
+    from .models_table import models_table
+
+    if rest.strip():
+        raise usage_error("models")
+    print(models_table(find_models()))
