@@ -75,7 +75,7 @@ def _measure(srv: Any, shell: Any, reps: int, max_tokens: int) -> dict[str, list
     return results
 
 
-def run(model: str | None = None, reps: int = 7, max_tokens: int = 128) -> tuple[dict[str, Any], str]:
+def run(model: str | None = None, reps: int = 7, max_tokens: int = 512) -> tuple[dict[str, Any], str]:
     sys.path.insert(0, str(ROOT / "tests"))
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
