@@ -10,6 +10,7 @@ Nothing here runs per token: ``Stream`` calls ``record`` once, when it ends.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ log = logging.getLogger("llm_magic")
 
 _hash_lock = threading.Lock()
 _waiting: dict[int, list[Callable[[dict[str, Any]], None]]] = {}  # id(provenance) → callbacks, while hashing
+# model file → the records still waiting for its hash (a replay that hashes the file settles them)
+_unhashed: dict[str, list[Callable[[str | None], None]]] = {}
 
 
 def model_prompt(prepared: Prepared) -> str:
@@ -55,6 +58,8 @@ def _parts(stream: Stream) -> dict[str, Any] | None:
     parts = provenance.request_parts(stream.spec, stream.prompt, stream.max_tokens, stream.sampling, stream.raw)
     parts["system"] = stream.system
     parts["images"] = len(stream.images)
+    parts["think"] = stream.think  # --think/--no-think render different prompts
+    parts["thinking_tags"] = list(stream.spec.thinking_tags) if stream.spec.thinking_tags is not None else None
     return parts
 
 
@@ -98,6 +103,8 @@ def _record(stream: Stream, answer: Answer) -> None:
                     "total_s": answer.total_s,
                     "parts": parts or {},
                     "metadata": meta,
+                    "thinking": answer.thinking or None,
+                    "thinking_tokens": answer.thinking_tokens or None,
                 }
             )
             meta["log_id"] = answer.log_id
@@ -108,8 +115,15 @@ def _record(stream: Stream, answer: Answer) -> None:
     with _hash_lock:
         _waiting[id(meta)] = []
 
+    real = os.path.realpath(spec.path)
+
     def hashed(digest: str | None) -> None:
         with _hash_lock:
+            pending = _unhashed.get(real, [])
+            if hashed in pending:
+                pending.remove(hashed)
+            if not pending:
+                _unhashed.pop(real, None)
             waiters = _waiting.pop(id(meta), [])
             if digest is None:  # unreadable, or stopped by cleanup_models(): the next answer hashes again
                 return
@@ -124,7 +138,18 @@ def _record(stream: Stream, answer: Answer) -> None:
         for waiter in waiters:
             waiter(dict(meta))
 
+    with _hash_lock:
+        _unhashed.setdefault(real, []).append(hashed)
     provenance.HASHES.hash_later(spec.path, hashed, busy=_models_busy)
+
+
+def _settle(path: str, digest: str) -> None:
+    """Give ``digest`` to the records of ``path`` still waiting for it (their log rows get their
+    replay key) — when a replay hashed the file itself while the background hash was paused."""
+    with _hash_lock:
+        pending = list(_unhashed.get(os.path.realpath(path), []))
+    for record_hash in pending:
+        record_hash(digest)
 
 
 def _models_busy() -> bool:
@@ -162,9 +187,12 @@ def replay(stream: Stream) -> Answer | None:
     sha = None
     if not spec.remote:
         try:
-            sha = provenance.HASHES.wait(spec.path)  # the first answer's hash may still be running
+            # the first answer's hash may still be running: wait a moment for it, else hash here (a
+            # background hash pauses while any model is busy, and a cell must not wait on that)
+            sha = provenance.HASHES.wait(spec.path, timeout=1.0)
         except OSError:
             return None
+        _settle(spec.path, sha)
     identity = provenance.model_identity(spec, sha)
     key = provenance.request_key(identity, parts)
     if key is None:
@@ -186,6 +214,8 @@ def replay(stream: Stream) -> Answer | None:
         total_s=0.0,
         model=spec.display_name,
         prompt=found.model_prompt,
+        thinking=found.thinking or "",
+        thinking_tokens=found.thinking_tokens or 0,
         replayed=True,
         provenance=meta,
         log_id=found.id,

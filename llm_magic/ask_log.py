@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS asks (
     n_tokens INTEGER,
     total_s REAL,
     parts TEXT,
-    metadata TEXT
+    metadata TEXT,
+    thinking TEXT,
+    thinking_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS asks_request_key ON asks(request_key);
 """
@@ -57,8 +59,9 @@ END;
 """
 COLUMNS = (
     "id, created, model, model_sha256, request_key, prompt, model_prompt, answer, finish_reason, "
-    "n_prompt_tokens, n_tokens, total_s, parts, metadata"
+    "n_prompt_tokens, n_tokens, total_s, parts, metadata, thinking, thinking_tokens"
 )
+ADDED_COLUMNS = {"thinking": "TEXT", "thinking_tokens": "INTEGER"}  # not in logs written before them
 REPLAYABLE = ("stop", "length")
 SECRET_ENVS = ("OPENAI_API_KEY",)
 
@@ -98,6 +101,8 @@ class Record:
     total_s: float | None
     parts: dict[str, Any]
     metadata: dict[str, Any]
+    thinking: str | None = None  # a reasoning model's thinking
+    thinking_tokens: int | None = None
 
 
 def _record(row: tuple[Any, ...]) -> Record:
@@ -120,12 +125,14 @@ def _secrets() -> list[str]:
 
 
 _URL_USER = re.compile(r"(https?://)[^/@\s]+@")
+_URL_KEY = re.compile(r"([?&](?:api[-_]?key|key|token|access[-_]token|auth|sig|signature)=)[^&#\s]+", re.IGNORECASE)
 
 
 def redact(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` (str, dict or list) with API keys blanked and URLs without user info."""
+    """``value`` (str, dict or list) with API keys blanked, and URLs without user info or key-like
+    query parameters (``?api-key=…``)."""
     if isinstance(value, str):
-        value = _URL_USER.sub(r"\1", value)
+        value = _URL_KEY.sub(r"\1[redacted]", _URL_USER.sub(r"\1", value))
         for secret in secrets:
             value = value.replace(secret, "[api key]")
         return value
@@ -153,6 +160,10 @@ class AskLog:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(SCHEMA)
+                have = {row[1] for row in conn.execute("PRAGMA table_info(asks)")}
+                for name, kind in ADDED_COLUMNS.items():
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE asks ADD COLUMN {name} {kind}")
                 try:
                     conn.executescript(FTS)
                     self.fts = True

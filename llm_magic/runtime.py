@@ -96,9 +96,11 @@ class Runtime:
             cache.close_all(timeout=max(0.05, deadline - time.monotonic()))
         if pool is not None:
             pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
+        from . import ask_log
         from .provenance import HASHES  # the model files' background hashes (issue 15)
 
         HASHES.stop(timeout=max(0.05, deadline - time.monotonic()))
+        ask_log.close_all()  # the log's connection (reopened by the next ask)
 
     def threads(self) -> list[threading.Thread]:
         with self._lock:

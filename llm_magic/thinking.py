@@ -57,7 +57,14 @@ KNOWN_TAGS: tuple[ThinkingTags, ...] = (
     ThinkingTags("<|START_THINKING|>", "<|END_THINKING|>"),
     ThinkingTags("<|channel>thought", "<channel|>"),
     ThinkingTags("<thinking>", "</thinking>"),
+    ThinkingTags("<|inner_prefix|>", "<|inner_suffix|>"),  # Apertus
 )
+# templates that build their markers from pieces: what identifies them, and the markers they write
+BUILT_TAGS = {
+    "open_tag('think')": ThinkingTags(  # Kimi K3: <|open|>TAG<|sep|> … <|close|>TAG<|sep|>
+        "<|open|>think<|sep|>", "<|close|>think<|sep|>", drop=("<|open|>response<|sep|>",)
+    ),
+}
 
 
 def find_tags(template: str | None, is_token: Callable[[str], bool] | None = None) -> ThinkingTags | None:
@@ -66,6 +73,9 @@ def find_tags(template: str | None, is_token: Callable[[str], bool] | None = Non
     if template:
         for tags in KNOWN_TAGS:
             if tags.open in template and tags.close in template:
+                return tags
+        for hint, tags in BUILT_TAGS.items():
+            if hint in template:
                 return tags
     if is_token is not None:
         for tags in KNOWN_TAGS[1:]:  # gpt-oss's markers are several tokens

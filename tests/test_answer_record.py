@@ -3,11 +3,14 @@ answer; replay of an identical request from the log with no model call."""
 
 from __future__ import annotations
 
+import time
+
 import llm_magic
 from llm_magic import answer_record, runtime
 from llm_magic.engines.base import Prepared
 
 from conftest import evaluated_prompt, evaluated_tokens
+from tiny_gguf import write_tiny_model
 
 
 def uses(name: str) -> int:
@@ -55,6 +58,22 @@ def test_an_identical_request_is_replayed_from_the_log_without_the_model(use_mod
         llm_magic.stream("tell me", max_tokens=6, seed=3, temperature=0.8, system="x"),  # another system prompt
     ):
         assert answer_record.replay(other) is None
+
+
+def test_replay_does_not_wait_for_a_paused_background_hash(tiny_model, tmp_path):
+    """The background hash of a model file pauses while any model is busy; a --cache ask must not
+    hang on it (it hashes the file itself after a moment)."""
+    fresh = str(write_tiny_model(tmp_path / "fresh.gguf", seed=7))  # a file whose hash nobody knows yet
+    busy = llm_magic.stream("long", model=tiny_model, max_tokens=100000, timeout=120)
+    assert next(busy)  # a request holds the other model: background hashes pause
+    try:
+        first = llm_magic.ask("hi", model=fresh, max_tokens=3, seed=1)
+        t0 = time.monotonic()
+        replayed = answer_record.replay(llm_magic.stream("hi", model=fresh, max_tokens=3, seed=1))
+        assert time.monotonic() - t0 < 30
+        assert replayed is not None and replayed.text == first.text
+    finally:
+        busy.close()
 
 
 def test_conversation_turns_are_logged_but_not_replayed(use_model):

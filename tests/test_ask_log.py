@@ -142,3 +142,32 @@ def test_an_unwritable_log_directory_gives_one_warning(ip, tmp_path, caplog, mon
         run(ip, "%%ask -n 3 -o a\nhello")
         assert ip.user_ns["a"].finish_reason in ("stop", "length")
     assert len(_warnings(caplog)) == 1
+
+
+def test_key_like_url_parameters_are_never_written(tmp_path):
+    book = ask_log.AskLog(tmp_path / "log.db")
+    book.append(row(1, metadata={"base_url": "https://host/v1?api-key=SECRETVALUE&x=1", "u": "http://h/?token=T0K"}))
+    [r] = book.recent(1)
+    assert r.metadata["base_url"] == "https://host/v1?api-key=[redacted]&x=1"
+    assert r.metadata["u"] == "http://h/?token=[redacted]"
+    book.close()
+
+
+def test_a_log_written_before_the_thinking_columns_still_works(tmp_path):
+    """A log from an earlier llm_magic (no thinking columns) gets them added, and its rows read."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    old_schema = ask_log.SCHEMA.replace(",\n    thinking TEXT,\n    thinking_tokens INTEGER", "")
+    assert "thinking" not in old_schema
+    conn.executescript(old_schema)
+    conn.execute("INSERT INTO asks (created, prompt, answer, finish_reason) VALUES ('2026-01-01', 'q', 'a', 'stop')")
+    conn.commit()
+    conn.close()
+    book = ask_log.AskLog(path)
+    book.append(row(2, thinking="because", thinking_tokens=4))
+    old, new = sorted(book.recent(2), key=lambda r: r.id)
+    assert old.answer == "a" and old.thinking is None
+    assert new.thinking == "because" and new.thinking_tokens == 4
+    book.close()

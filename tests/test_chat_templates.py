@@ -60,6 +60,9 @@ def test_every_llama_cpp_template(path: Path, tmp_path_factory, monkeypatch):
     assert prompt.count(bos) <= max(1, ChatTemplate(path.read_text()).source.count(bos)), "BOS doubled"
     assert not any(s in plain for s in specials if len(s) > 3), f"a marker leaked into {plain!r}"
     assert entry.model.info()["chat_template"] == template_id(path.read_text())
+    # a template that can switch thinking on or off has markers we know: the thinking is kept apart
+    if entry.model._chat.can_switch_thinking():
+        assert entry.model.thinking_tags is not None, f"{path.stem} thinks, but in markers we do not know"
 
     # --system: as a system turn, or merged into the first user turn
     system = "Answer in one word."

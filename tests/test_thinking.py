@@ -13,7 +13,7 @@ import pytest
 from llama_templates import WHY_NONE, template_model, template_path
 
 import llm_magic
-from llm_magic import request
+from llm_magic import answer_record, request
 from llm_magic.thinking import GPT_OSS, Thinking, ThinkingSplitter, ThinkingTags, find_tags, join
 
 from conftest import LONG_CTX, evaluated_prompt, run
@@ -312,3 +312,20 @@ def test_a_terminal_shows_the_thinking_between_brackets():
     view.finish()
     assert out.getvalue() == "[thinking]\nLet me see.\n[end of thinking]\n\nParis.\n"
     assert (view.text, view.thinking) == ("Paris.", "Let me see.")
+
+
+@needs_qwen3
+def test_replay_keeps_the_thinking_and_tells_think_from_no_think(qwen3):
+    """--cache: the replayed answer has its reasoning back; --think and --no-think are different
+    requests (they render different prompts), so one never replays the other."""
+    first = llm_magic.ask("What is the capital of France?", model=qwen3, grammar=FORCED, temperature=0, seed=3)
+    assert first.thinking == REASONING and first.log_id
+    again = answer_record.replay(
+        request.Stream("What is the capital of France?", model=qwen3, grammar=FORCED, temperature=0, seed=3)
+    )
+    assert again is not None and again.replayed
+    assert again == first and again.thinking == REASONING and again.thinking_tokens == first.thinking_tokens
+    switched = request.Stream(
+        "What is the capital of France?", model=qwen3, grammar=FORCED, temperature=0, seed=3, think=False
+    )
+    assert answer_record.replay(switched) is None

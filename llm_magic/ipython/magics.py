@@ -313,7 +313,14 @@ class AskMagics(Magics, Settings):
         view.start()
         view.text = ""
         meta = {"llm_magic": dict(answer.provenance)} if answer.provenance else None
-        view.finish(marker=answer.marker(), final_text=answer.text, note=notes, metadata=meta)
+        view.finish(
+            marker=answer.marker(),
+            final_text=answer.text,
+            note=notes,
+            metadata=meta,
+            thinking=answer.thinking,
+            thinking_tokens=answer.thinking_tokens,
+        )
         return answer
 
     # ---- %llm ------------------------------------------------------------------------------
