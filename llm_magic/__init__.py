@@ -91,6 +91,9 @@ def estimate(model: str | None = None, n_ctx: int | None = None, **options: Any)
     ``weights_bytes``, ``kv_bytes``, ``compute_bytes``, ``total_bytes`` and ``gpu_bytes`` (the
     GPU's share when layers are offloaded). ``model``: an alias, a path or None (the default
     model); ``n_ctx`` and other load options (``type_k``, ``n_gpu_layers`` ...) as for a load."""
+    valid = n_ctx is None or (type(n_ctx) is int and n_ctx > 0)  # not a bool, a float or a string
+    if not valid:
+        raise ConfigError(f"n_ctx must be a positive number of tokens, got {n_ctx!r}")
     spec = resolve(model, n_ctx=n_ctx, **options)
     if spec.remote:
         raise ConfigError(f"{spec.display_name} is a remote model: its memory is the server's")

@@ -41,6 +41,9 @@ class ModelCache:
         self._replaced: dict[tuple[Any, ...], str] = {}  # retired keys -> the options that replaced them
         self._lock = threading.RLock()
         self._pool = WorkerPool("llm_magic-load", max_workers)
+        # hf: models that must download first load on their own threads: a long download never
+        # holds a load thread that a local model needs
+        self._downloads = WorkerPool("llm_magic-download", max_workers)
         self.closed = False
         self.constructions = 0  # models built by this cache (a hit builds none)
         self._stop_watch = threading.Event()
@@ -91,7 +94,8 @@ class ModelCache:
             else:
                 replaced = self._retire_others(spec)
                 entry = self._start_load(spec, entry)
-                entry.future = self._pool.submit(self._load, entry)
+                pool = self._downloads if _downloads_first(spec) else self._pool
+                entry.future = pool.submit(self._load, entry)
         for old, model, queue, _ in replaced:
             self._close_model(old, model, queue, timeout=10.0)  # idle: closes now
         return entry
@@ -161,6 +165,9 @@ class ModelCache:
             est = memory_estimate.estimate_spec(incoming.spec)
         except (GGUFError, OSError):
             est = None  # an unreadable file: the loader says why
+        except Exception:
+            log.debug("llm_magic: no memory estimate for %s", incoming.name, exc_info=True)
+            est = None
         settings = settings_mod.current()
         budget = settings.memory_budget_bytes
         with self._lock:
@@ -170,7 +177,9 @@ class ModelCache:
             idle = sum(e.memory for e in resident if e.state == READY and e.active == 0)
             free = None
             if est is not None:
-                free = memory_estimate.available_memory()
+                # what other loads under way will take is not allocated yet: count it as taken
+                reserved = sum(e.memory_bytes for e in resident if e.state == LOADING)
+                free = max(0, memory_estimate.available_memory() - reserved)
                 memory_estimate.check_fits(incoming.spec, est, budget=budget, evictable=idle, available=free)
             victims, over = lru_victims(resident, incoming, settings.max_loaded_models, budget, free)
             claimed = [claim(victim, reason) for victim, reason in victims]
@@ -405,7 +414,15 @@ class ModelCache:
         for entry in entries:
             self.unload(entry, timeout=max(0.05, deadline - time.monotonic()))
         self._pool.shutdown(timeout=max(0.05, deadline - time.monotonic()))
+        self._downloads.shutdown(timeout=max(0.05, deadline - time.monotonic()))
         self._watcher.join(0.5)
 
     def threads(self) -> list[threading.Thread]:
-        return self._pool.threads() + ([self._watcher] if self._watcher.is_alive() else [])
+        watcher = [self._watcher] if self._watcher.is_alive() else []
+        return self._pool.threads() + self._downloads.threads() + watcher
+
+
+def _downloads_first(spec: ModelSpec) -> bool:
+    """Must this local model (or its projector) download before it loads (an ``hf:`` model not in
+    the Hugging Face cache yet)?"""
+    return not spec.remote and any(model_sources.needs_download(p) for p in (spec.path, spec.mmproj) if p)

@@ -18,8 +18,9 @@ size = …``), measured against the resident memory a load adds (tests/test_memo
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,10 @@ VOCAB_ENTRY = 200  # bytes per token of llama.cpp's vocabulary tables (text, sco
 N_UBATCH = 512  # llama-cpp-python's default micro-batch
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """Bytes a model needs loaded. Read as attributes or as a mapping (``est["total_bytes"]``)."""
+@dataclass(frozen=True, eq=True)
+class Estimate(Mapping[str, Any]):
+    """Bytes a model needs loaded. Read as attributes or as a read-only mapping
+    (``est["total_bytes"]``, ``dict(est)``, ``"kv_bytes" in est``)."""
 
     path: str
     n_ctx: int
@@ -75,8 +77,13 @@ class Estimate:
     def __getitem__(self, key: str) -> Any:
         return self.as_dict()[key]
 
-    def keys(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[str]:
         return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping: not hashable
 
     def summary(self) -> str:
         """One line: ``345 MB (weights 241 MB, KV cache 75 MB at n_ctx 4096 f16/f16, buffers 29 MB)``."""
@@ -100,6 +107,27 @@ def _per_layer(value: Any, n_layer: int, default: int) -> list[int]:
     if isinstance(value, list) and value:
         return [int(v) for v in value[:n_layer]] + [int(value[-1])] * max(0, n_layer - len(value))
     return [int(value) if isinstance(value, (int, float)) else default] * n_layer
+
+
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+def _weights(path: str, header: GGUFHeader) -> int:
+    """The tensor data of a model: of every part of a split GGUF (``-00001-of-00003.gguf``)."""
+    own = sum(header.tensor_bytes.values()) or os.path.getsize(path)
+    found = _SPLIT.search(path)
+    if found is None or int(found.group(2)) < 2:
+        return own
+    n = int(found.group(2))
+    base = path[: found.start()]
+    total = 0
+    for i in range(1, n + 1):
+        part = f"{base}-{i:05d}-of-{n:05d}.gguf"
+        if part == path:
+            total += own
+        elif os.path.exists(part):
+            total += sum(_header(part).tensor_bytes.values()) or os.path.getsize(part)
+    return total
 
 
 # header reads, memoised by file identity (inode, size, mtime): a 250 MB model's header takes ~0.2 s
@@ -159,7 +187,7 @@ def estimate_file(
     n_ff = max(_per_layer(md.get(f"{arch}.feed_forward_length"), n_layer, 4 * n_embd) or [0])
     n_vocab = header.array_lengths.get("tokenizer.ggml.tokens") or int(md.get(f"{arch}.vocab_size") or 0)
 
-    weights = sum(header.tensor_bytes.values()) or os.path.getsize(path)
+    weights = _weights(path, header)
     if arch in RECURRENT or f"{arch}.ssm.state_size" in md:  # a fixed-size state, not a KV cache
         inner = int(md.get(f"{arch}.ssm.inner_size") or 2 * n_embd)
         state = int(md.get(f"{arch}.ssm.state_size") or 16) + int(md.get(f"{arch}.ssm.conv_kernel") or 4)
@@ -180,14 +208,11 @@ def estimate_file(
     gpu_layers = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     gpu = 0
     if gpu_layers > 0:
-        first = n_layer - min(gpu_layers, n_layer)  # llama.cpp offloads the last layers first
-        on_gpu = [
-            size
-            for name, size in header.tensor_bytes.items()
-            if (name.startswith("blk.") and int(name.split(".")[1]) >= first)
-            or (gpu_layers > n_layer and not name.startswith("blk.") and not name.startswith("token_embd"))
-        ]
-        gpu = sum(on_gpu) + (sum(kv_layers[first:]) if offload_kqv else 0) + (compute if gpu_layers > n_layer else 0)
+        # llama.cpp's placement: the output layer goes to the GPU first, then the last blocks
+        first = n_layer - (gpu_layers - 1)
+        on_gpu = [size for name, size in header.tensor_bytes.items() if _on_gpu(name, first)]
+        kv_on_gpu = sum(kv_layers[first:]) if offload_kqv else 0
+        gpu = sum(on_gpu) + kv_on_gpu + (compute if gpu_layers > n_layer else 0)
     total = weights + kv + compute
     return Estimate(
         path=path,
@@ -202,6 +227,19 @@ def estimate_file(
         n_layer=n_layer,
         gpu_layers=max(0, gpu_layers),
     )
+
+
+def _on_gpu(tensor: str, first_block: int) -> bool:
+    """Is this tensor offloaded when blocks from ``first_block`` on and the output layer are?
+    (The token embeddings stay in RAM: llama.cpp looks rows up there.)"""
+    block = _block(tensor)
+    return block >= first_block if block is not None else not tensor.startswith("token_embd")
+
+
+def _block(tensor: str) -> int | None:
+    """The block a tensor belongs to (``blk.12.attn_q.weight`` → 12); None outside the blocks."""
+    parts = tensor.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else None
 
 
 def estimate_spec(spec: ModelSpec) -> Estimate:
@@ -246,10 +284,46 @@ def _gpu_offload() -> bool:
 
 
 def available_memory() -> int:
-    """RAM a new load may take now: what the OS calls available (free plus reclaimable cache)."""
+    """RAM a new load may take now: what the OS calls available (free plus reclaimable cache),
+    or less in a container whose cgroup limits the memory (Docker, Kubernetes, JupyterHub)."""
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    available = int(psutil.virtual_memory().available)
+    room = cgroup_room()
+    return min(available, room) if room is not None else available
+
+
+def cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's cgroup may still take (its limit less its usage); None without a limit.
+    cgroup v2 (``memory.max``, ``memory.current``) and v1 (``memory.limit_in_bytes``, ``memory.usage_in_bytes``)."""
+    here = ""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":", 2)
+                if len(fields) == 3 and (fields[1] == "" or "memory" in fields[1].split(",")):
+                    here = fields[2]
+                    if fields[1]:
+                        break
+    except OSError:
+        pass
+    folders = [os.path.join(root, here.lstrip("/")), root, os.path.join(root, "memory")]
+    for folder in dict.fromkeys(folders):  # this process's own cgroup first
+        for limit_name, used_name in (
+            ("memory.max", "memory.current"),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        ):
+            try:
+                with open(os.path.join(folder, limit_name), encoding="utf-8") as f:
+                    limit = f.read().strip()
+                with open(os.path.join(folder, used_name), encoding="utf-8") as f:
+                    used = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # no limit (v1 says ~2**63)
+                continue
+            return max(0, int(limit) - used)
+    return None
 
 
 def check_fits(spec: ModelSpec, est: Estimate, *, budget: int, evictable: int, available: int | None = None) -> None:

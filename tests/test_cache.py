@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -500,3 +501,42 @@ def test_a_half_read_stream_does_not_keep_a_replaced_model_open(tiny_model):
     assert old_model.closed
     assert half.answer is not None and half.answer.finish_reason == "cancelled" and half.answer.startswith(first)
     assert [e.state for e in runtime.get().cache.entries()] == ["ready"]
+
+
+def test_downloads_never_hold_the_threads_local_models_load_on(tiny_model, tmp_path, monkeypatch):
+    """Two hf: downloads stalled mid-file (as many as the cache has load threads): a local model
+    still loads at once — downloads run on threads of their own."""
+    pytest.importorskip("huggingface_hub")
+    from hub_server import FakeHub
+
+    from llm_magic import hf_source, model_sources
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hf_source._listings.clear()
+    hub = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    data = Path(tiny_model).read_bytes()
+    names = []
+    for i in range(2):
+        hub.add_repo(f"org/repo{i}", {"m-Q4_K_M.gguf": data})
+        names.append(f"hf:org/repo{i}:Q4_K_M")
+    hub.stall_at = len(data) // 2
+    try:
+        entries = [e for name in names for e in llm_magic.preload(name)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            (p := model_sources.progress(e.spec.path)) is not None and p.done >= len(data) // 2 for e in entries
+        ):
+            time.sleep(0.05)
+        assert all(e.state == "loading" for e in entries)  # both downloads are stalled
+        local = write_tiny_model(tmp_path / "local.gguf", seed=5)
+        t0 = time.monotonic()
+        assert llm_magic.ask("x", model=str(local), max_tokens=2, timeout=30).n_tokens == 2
+        assert time.monotonic() - t0 < 30
+    finally:
+        for name in names:
+            llm_magic.unload(name)
+        hub.release()
+        hub.stop()
+        hf_source._listings.clear()

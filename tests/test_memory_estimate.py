@@ -95,14 +95,77 @@ def test_estimate_reads_the_header(wide_model, tiny_model):
 
 
 def test_estimate_gpu_share(wide_model):
-    """The GPU's share when offloading: the last layers first, the output layer only with all."""
+    """The GPU's share when offloading, placed as llama.cpp places it: the output layer first,
+    then the last blocks (with their part of the KV cache); the token embeddings stay in RAM."""
+    from llm_magic.memory_estimate import _header
+
+    tensors = _header(wide_model).tensor_bytes
+    output = tensors["output.weight"] + tensors["output_norm.weight"]
+    last_block = sum(v for k, v in tensors.items() if k.startswith("blk.1."))
     none = estimate_file(wide_model, 4096)
     one = estimate_file(wide_model, 4096, n_gpu_layers=1)
+    two = estimate_file(wide_model, 4096, n_gpu_layers=2)
     every = estimate_file(wide_model, 4096, n_gpu_layers=-1)
     assert none.gpu_bytes == 0 and one.gpu_layers == 1 and every.gpu_layers == 3
-    assert 0 < one.gpu_bytes < every.gpu_bytes <= every.total_bytes
-    assert one.gpu_bytes >= none.kv_bytes // 2  # one block's weights and its half of the KV cache
-    assert every.host_bytes == every.total_bytes - every.gpu_bytes
+    assert one.gpu_bytes == output  # the output layer alone
+    assert two.gpu_bytes == output + last_block + none.kv_bytes // 2  # and the last block with its KV
+    assert two.gpu_bytes < every.gpu_bytes <= every.total_bytes
+    assert every.host_bytes == every.total_bytes - every.gpu_bytes >= tensors["token_embd.weight"]
+
+
+def test_a_split_model_counts_every_part(tmp_path):
+    whole = write_tiny_model(tmp_path / "whole.gguf", n_embd=256)
+    write_tiny_model(tmp_path / "split" / "m.gguf", n_embd=256, split_max_tensors=6)
+    parts = sorted((tmp_path / "split").glob("*.gguf"))
+    assert len(parts) >= 3 and "-00001-of-" in parts[0].name
+    one, split = estimate_file(whole, 2048), estimate_file(parts[0], 2048)
+    assert split.weights_bytes == one.weights_bytes and split.total_bytes == one.total_bytes
+
+
+def test_the_estimate_is_a_mapping(wide_model):
+    est = llm_magic.estimate(wide_model)
+    assert "kv_bytes" in est and est.get("nothing") is None and dict(est)["total_bytes"] == est.total_bytes
+    assert len(est) == len(list(est)) and {"weights_bytes", "gpu_bytes", "host_bytes"} <= set(est)
+    for bad in (-5, 0, "abc", 1.5, True):
+        with pytest.raises(ConfigError, match="n_ctx"):
+            llm_magic.estimate(wide_model, n_ctx=bad)
+
+
+def test_the_room_a_container_leaves(tmp_path):
+    """cgroup v2 and v1 limits (Docker, Kubernetes): the room is the limit less the usage."""
+    from llm_magic.memory_estimate import cgroup_room
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("1073741824\n")
+    (v2 / "memory.current").write_text("268435456\n")
+    assert cgroup_room(str(v2)) == 768 << 20
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_room(str(v2)) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(512 << 20))
+    (v1 / "memory.usage_in_bytes").write_text(str(100 << 20))
+    assert cgroup_room(str(tmp_path / "v1")) == 412 << 20
+    (v1 / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # v1's "no limit"
+    assert cgroup_room(str(tmp_path / "v1")) is None
+
+
+def test_a_load_under_way_counts_against_the_memory_available(wide_model, monkeypatch):
+    """Two loads at once: the one still loading has not allocated yet, but its estimate is taken."""
+    from llm_magic import memory_estimate
+
+    est = llm_magic.estimate(wide_model)
+    cache = runtime.get().cache
+    other = Entry(spec=ModelSpec(path="/m/loading.gguf"), state="loading", memory_bytes=est.total_bytes)
+    cache._entries[other.spec.key] = other
+    try:
+        monkeypatch.setattr(memory_estimate, "available_memory", lambda: int(est.total_bytes * 1.5))
+        with pytest.raises(ModelTooLarge, match="of RAM is available"):
+            llm_magic.ask("x", model=wide_model, max_tokens=2)
+    finally:
+        del cache._entries[other.spec.key]
+    assert llm_magic.ask("x", model=wide_model, max_tokens=2).n_tokens == 2  # alone, it fits
 
 
 def test_estimate_bad_input(corrupt_files, tmp_path):
