@@ -222,8 +222,8 @@ class Stream:
             self.answer = self._finish(pieces, meta)
             if self.answer.finish_reason == "timeout":
                 self.answer.time_report = time_report(self.answer, self.started, self._times)
+            answer_record.record(self)  # Answer.prompt first: %llm last --prompt may read it at once
             rt.last_answer = self.answer
-            answer_record.record(self)
             if self.answer.finish_reason == "timeout" and not self.defer_log:
                 self.log_timeout()
 
