@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ EXAMPLE = "hf:ORG/REPO:FILE.gguf or hf:ORG/REPO:QUANT (e.g. hf:Qwen/Qwen2.5-0.5B
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REVISION = re.compile(r"^[A-Za-z0-9._/-]+$")
+HUB_TIMEOUT_S = 10.0  # seconds to wait for the Hub's answer, unless $HF_HUB_ETAG_TIMEOUT says otherwise
+FAILURE_TTL_S = 30.0  # a repo the Hub could not be reached for is not asked again for this long
 _TRUE = ("1", "on", "yes", "true")
 
 
@@ -72,10 +76,39 @@ def parse(name: str) -> HFRef:
         raise ConfigError(f"{name!r} does not name a Hugging Face repository: write {EXAMPLE}")
     if "@" in name and not revision:
         raise ConfigError(f"{name!r}: an empty revision after '@'; write {EXAMPLE}")
+    if revision and not valid_revision(revision):
+        raise ConfigError(
+            f"{name!r}: {revision!r} is not a revision (a branch, tag or commit: letters, digits, '.', '_', '-', '/'); "
+            f"write {EXAMPLE}"
+        )
     selector = selector.strip()
     if selector.startswith("/") or ".." in selector.split("/") or ":" in selector:
         raise ConfigError(f"{name!r}: {selector!r} is not a file or quant name; write {EXAMPLE}")
     return HFRef(repo=repo, selector=selector, revision=revision or "main")
+
+
+def valid_revision(revision: str) -> bool:
+    """A branch, tag or commit name that stays a name inside ``refs/``: no absolute path, no
+    ``..``/``.``/empty part, only ``[A-Za-z0-9._/-]``."""
+    return bool(_REVISION.match(revision)) and all(p not in ("", ".", "..") for p in revision.split("/"))
+
+
+def safe_file_name(file: str) -> bool:
+    """A file name from the Hub that stays inside a snapshot folder: relative, no ``..``/``.``/empty
+    part, no backslash, no NUL."""
+    if not file or file.startswith("/") or "\\" in file or "\0" in file or re.match(r"^[A-Za-z]:", file):
+        return False
+    return all(p not in ("", ".", "..") for p in file.split("/"))
+
+
+def inside(path: Path, root: Path) -> bool:
+    """``path`` stays in ``root``: as written, and with the symlinks of its folders followed."""
+    try:
+        if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+            return False
+        return path.parent.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 # ---- the environment, read at each call (huggingface_hub reads its own at import) -------------
@@ -96,6 +129,15 @@ def offline() -> bool:
 
 def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
+
+
+def hub_timeout() -> float:
+    """Seconds to wait for the Hub: $HF_HUB_ETAG_TIMEOUT (huggingface_hub's own setting), else 10."""
+    try:
+        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "") or HUB_TIMEOUT_S)
+    except ValueError:
+        return HUB_TIMEOUT_S
+    return value if value > 0 else HUB_TIMEOUT_S
 
 
 def token() -> str | None:
@@ -208,12 +250,16 @@ def pick_mmproj(files: Sequence[str]) -> str | None:
 def cached_snapshot(ref: HFRef) -> tuple[str, list[str]] | None:
     """(commit, files present) of ``ref``'s revision in the local cache, or None."""
     root = repo_dir(ref.repo)
+    if not valid_revision(ref.revision):
+        return None
     commit = ref.revision if COMMIT.match(ref.revision) else None
     if commit is None:
         try:
             commit = (root / "refs" / ref.revision).read_text().strip()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return None
+    if not COMMIT.match(commit):  # a refs file that is not a commit hash: not a snapshot of ours
+        return None
     snap = root / "snapshots" / commit
     if not snap.is_dir():
         return None
@@ -222,12 +268,22 @@ def cached_snapshot(ref: HFRef) -> tuple[str, list[str]] | None:
 
 
 def _plan(ref: HFRef, commit: str, chosen: list[str], listed: Sequence[str], sizes: dict[str, int]) -> Plan:
-    snap = repo_dir(ref.repo) / "snapshots" / commit
-    return Plan(ref, commit, chosen, [snap / f for f in chosen], sizes, pick_mmproj(listed))
+    if not COMMIT.match(commit):
+        raise ModelNotFound(f"{ref.name}: the Hub gave {commit[:60]!r} as {ref.repo}'s commit, not a commit hash")
+    root = repo_dir(ref.repo)
+    snap = root / "snapshots" / commit
+    mmproj = pick_mmproj([f for f in listed if safe_file_name(f)])
+    for f in chosen:
+        if not safe_file_name(f) or not inside(snap / f, root):
+            raise ModelNotFound(
+                f"{ref.name}: {ref.repo} lists the file {f[:200]!r}, whose name leaves its folder; not downloading it"
+            )
+    return Plan(ref, commit, chosen, [snap / f for f in chosen], sizes, mmproj)
 
 
 _listings: dict[tuple[str | None, str, str], tuple[str, list[str], dict[str, int]]] = {}
 _listings_lock = threading.Lock()
+_failures: dict[tuple[str | None, str, str], tuple[float, str]] = {}  # unreachable Hub: when, what it said
 
 
 def locate(name: str, projector: bool = False) -> Plan:
@@ -261,6 +317,9 @@ def listing(ref: HFRef) -> tuple[str, list[str], dict[str, int]]:
     with _listings_lock:
         if key in _listings:
             return _listings[key]
+        failed = _failures.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL_S:
+            raise ModelNotFound(failed[1])
     try:
         from huggingface_hub import HfApi
     except ImportError:
@@ -270,17 +329,39 @@ def listing(ref: HFRef) -> tuple[str, list[str], dict[str, int]]:
         ) from None
     try:
         info = HfApi(endpoint=endpoint(), token=token()).model_info(
-            ref.repo, revision=ref.revision, files_metadata=True
+            ref.repo, revision=ref.revision, files_metadata=True, timeout=hub_timeout()
         )
     except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one line naming the repo
-        raise ModelNotFound(f"{ref.name}: {_hub_error(ref, exc)}") from None
+        message = f"{ref.name}: {_hub_error(ref, exc)}"
+        if unreachable(exc):
+            with _listings_lock:
+                _failures[key] = (time.monotonic(), message)
+        raise ModelNotFound(message) from None
     siblings: list[Any] = list(info.siblings or [])
-    files = [s.rfilename for s in siblings]
-    sizes = {s.rfilename: int(s.size) for s in siblings if getattr(s, "size", None)}
-    result = (str(info.sha or ref.revision), files, sizes)
+    files = [str(s.rfilename) for s in siblings]
+    sizes = {str(s.rfilename): int(s.size) for s in siblings if getattr(s, "size", None)}
+    sha = str(info.sha or "")
+    if not COMMIT.match(sha):
+        raise ModelNotFound(f"{ref.name}: the Hub gave {sha[:60]!r} as {ref.repo}'s commit, not a commit hash")
+    result = (sha, files, sizes)
     with _listings_lock:
         _listings[key] = result
+        _failures.pop(key, None)
     return result
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The Hub could not be reached or did not answer in time (not: it answered no)."""
+    kind = type(exc).__name__.lower()
+    text = str(exc).lower()
+    return (
+        kind == "offlinemodeisenabled"
+        or "connect" in kind
+        or "timeout" in kind
+        or "connect" in text
+        or "timed out" in text
+        or isinstance(exc, (TimeoutError, ConnectionError))
+    )
 
 
 def _hub_error(ref: HFRef, exc: BaseException) -> str:
@@ -292,7 +373,9 @@ def _hub_error(ref: HFRef, exc: BaseException) -> str:
     if kind == "RevisionNotFoundError":
         return f"{ref.repo} has no revision {ref.revision!r}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
-    if kind in ("OfflineModeIsEnabled",) or "connect" in kind.lower() or "connect" in text.lower():
+    if unreachable(exc):
+        if "timeout" in kind.lower() or "timed out" in text.lower():
+            text = f"no answer in {hub_timeout():g} s ({text}); HF_HUB_ETAG_TIMEOUT sets the wait"
         return (
             f"{ref.repo} is not in the Hugging Face cache ({cache_dir()}) and the Hub cannot be reached: "
             f"this machine is offline? ({text})"

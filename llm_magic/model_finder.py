@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from . import hf_source, ollama_source
 from . import settings as settings_mod
-from .gguf_header import GGUFError, read_header
+from .gguf_header import GGUFError
 
 SOURCES = ("folder", "hf", "ollama", "lmstudio", "llama.cpp")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
@@ -61,8 +61,9 @@ _QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q\d_[A-Z0-9_]+?|F16|F32|BF16)(?
 
 
 @dataclass(frozen=True)
-class FoundModel:
-    """One GGUF model found on this machine: ``name`` is what ``-m`` takes."""
+class FoundModel(Mapping[str, Any]):
+    """One GGUF model found on this machine: ``name`` is what ``-m`` takes. Its facts are
+    attributes (``row.name``) and, read-only, keys (``row["name"]``, ``dict(row)``, ``row.get``)."""
 
     name: str
     path: str
@@ -77,6 +78,23 @@ class FoundModel:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _FIELDS
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FoundModel))
 
 
 # ---- where to look --------------------------------------------------------------------------
@@ -189,13 +207,16 @@ def locations() -> list[Location]:
 
 
 def describe(source: str, name: str, path: Path, problem: str | None = None) -> FoundModel:
-    """The header facts of one file (and its estimate); a broken file gets its reason."""
+    """The header facts of one file (and its estimate); a broken file gets its reason. The header is
+    read once: ``memory_estimate``'s memoised read, which its estimate then reuses."""
+    from .memory_estimate import _header
+
     text = str(path)
     if problem is not None:
         return FoundModel(name, text, source, 0, error=problem)
     try:
         size = _total_size(path)
-        header = read_header(path, full=True)
+        header = _header(text)
     except GGUFError as exc:
         return FoundModel(name, text, source, _size(path), error=str(exc))
     except OSError as exc:

@@ -5,7 +5,10 @@ huggingface_hub and llm_magic ask: the repo listing (``/api/models/ORG/REPO[/rev
 ``Content-Range``). Unknown repos and files get 404 with the Hub's ``X-Error-Code``.
 
 ``stall_at``: a GET stops sending at that byte until ``release()`` (a download caught mid-file);
-``cut_at``: a GET drops the connection at that byte (a network failure mid-file).
+``cut_at``: a GET drops the connection at that byte (a network failure mid-file);
+``no_size``: no ``Content-Length``/``X-Linked-Size`` and no size in the listing (the body ends
+when the connection closes); ``silent_files``: a file request is never answered; ``listed``/``listed_sha``: what the listing says of a repo instead of
+its files and commit (a hostile or broken Hub).
 Every request is recorded in ``requests`` as ``(method, path, Range header)``."""
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []
         self.stall_at: int | None = None
         self.cut_at: int | None = None  # a GET closes the connection at that byte (once)
+        self.no_size = False
+        self.silent_files = False  # set: a file request is accepted and never answered
+        self.listed: dict[str, list[str]] = {}  # repo -> the file names its listing shows instead
+        self.listed_sha: dict[str, str] = {}  # repo -> the "sha" its listing shows instead
         self.token: str | None = None  # set: a private repo, answered only with "Authorization: Bearer TOKEN"
         self.stalled = threading.Event()  # set when a GET reached stall_at
         self._gate = threading.Event()
@@ -92,6 +99,10 @@ class FakeHub:
                     return None
                 if parts[:2] == ["api", "models"] and len(parts) >= 4:
                     return self._listing("/".join(parts[2:4]))
+                if len(parts) >= 5 and parts[2] == "resolve" and hub.silent_files:
+                    hub._gate.wait(30)  # never answered (until stop)
+                    self.close_connection = True
+                    return None
                 if len(parts) >= 5 and parts[2] == "resolve":
                     return self._file("/".join(parts[:2]), "/".join(parts[4:]))
                 return self._not_found("EntryNotFound")
@@ -100,8 +111,12 @@ class FakeHub:
                 if repo not in hub.repos:
                     return self._not_found("RepoNotFound")
                 commit, files = hub.repos[repo]
-                siblings = [{"rfilename": n, "size": len(b)} for n, b in sorted(files.items())]
-                body = json.dumps({"id": repo, "modelId": repo, "sha": commit, "siblings": siblings}).encode()
+                names = hub.listed.get(repo, sorted(files))
+                siblings: list[dict[str, object]] = [
+                    {"rfilename": n} if hub.no_size else {"rfilename": n, "size": len(files.get(n, b""))} for n in names
+                ]
+                sha = hub.listed_sha.get(repo, commit)
+                body = json.dumps({"id": repo, "modelId": repo, "sha": sha, "siblings": siblings}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -130,11 +145,16 @@ class FakeHub:
                 self.send_header("X-Repo-Commit", commit)
                 self.send_header("ETag", f'"{etag}"')
                 self.send_header("X-Linked-Etag", f'"{etag}"')
-                self.send_header("X-Linked-Size", str(len(data)))
+                if not hub.no_size:
+                    self.send_header("X-Linked-Size", str(len(data)))
                 self.send_header("Accept-Ranges", "bytes")
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
+                if hub.no_size:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 if self.command == "HEAD":
                     return

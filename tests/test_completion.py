@@ -81,3 +81,19 @@ def test_shell_complete_and_unload_ext(cshell):
     assert any(m.endswith("tiny:small") for m in matches)
     cshell.run_line_magic("unload_ext", "llm_magic")
     assert completion.model_matcher not in cshell.Completer.custom_matchers
+
+
+def test_vision_projectors_are_not_offered(cshell, found, tiny_model, tmp_path):
+    shutil.copy(tiny_model, found / "mmproj-my-model-f16.gguf")
+    put_in_cache(
+        tmp_path / "hf",
+        "org/Vision-GGUF",
+        {"vision-Q4_K_M.gguf": Path(tiny_model), "mmproj-F16.gguf": Path(tiny_model)},
+    )
+    completion._names = (0.0, [])
+    names = complete(cshell, "%%ask -m ")
+    assert str(found / "my-model.gguf") in names and "hf:org/Vision-GGUF:vision-Q4_K_M.gguf" in names
+    assert not [n for n in names if "mmproj" in n.lower()]
+    with provisionalcompleter():  # (IPython's own file completion may still offer the path)
+        text = f"%%ask -m {found}/mm"
+        assert [c for c in cshell.Completer.completions(text, len(text)) if c.type == "model"] == []

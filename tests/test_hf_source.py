@@ -36,8 +36,10 @@ def hf_env(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no network by accident
     hf_source._listings.clear()
+    hf_source._failures.clear()
     yield cache
     hf_source._listings.clear()
+    hf_source._failures.clear()
 
 
 @pytest.fixture
@@ -384,3 +386,157 @@ def test_hf_token_opens_a_private_repository(hub, hf_env, tiny_model, monkeypatc
     monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
     answer = llm_magic.ask("hello", model=f"hf:{REPO}:Q4_K_M", max_tokens=2, timeout=60)
     assert answer.n_tokens == 2 and len(hub.gets()) == 1
+
+
+# ---- a hostile or broken Hub ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        "../../escaped-Q4_K_M.gguf",
+        "ABSOLUTE",
+        "sub/../../../escaped-Q4_K_M.gguf",
+        "a\\..\\x-Q4_K_M.gguf",
+    ],
+)
+def test_a_listed_file_name_leaving_the_snapshot_is_refused(hub, hf_env, tiny_model, listed):
+    if listed == "ABSOLUTE":
+        listed = str(hf_env.parent / "escaped-Q4_K_M.gguf")
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    hub.listed[REPO] = [listed]
+    with pytest.raises(ModelNotFound) as info:
+        llm_magic.ask("hello", model=f"hf:{REPO}:Q4_K_M", max_tokens=2, timeout=60)
+    message = str(info.value)
+    assert REPO in message and repr(listed) in message and "\n" not in message
+    assert hub.gets() == []  # nothing was fetched
+    assert not list(hf_env.parent.rglob("*escaped*"))
+
+
+def test_the_download_itself_refuses_a_file_name_leaving_the_snapshot(hub, hf_env, tiny_model):
+    from llm_magic import hf_download
+    from llm_magic.errors import ModelLoadError
+
+    commit = hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    snap = hf_source.repo_dir(REPO) / "snapshots" / commit
+    name = "../../escaped-Q4_K_M.gguf"
+    plan = hf_source.Plan(HFRef(REPO, "Q4_K_M"), commit, [name], [snap / name])
+    with pytest.raises(ModelLoadError) as info:
+        hf_download.download(plan, hf_download.Progress(name, 0), threading.Event())
+    assert repr(name) in str(info.value) and REPO in str(info.value) and "\n" not in str(info.value)
+    assert not (hf_source.repo_dir(REPO) / "escaped-Q4_K_M.gguf").exists() and hub.gets() == []
+
+
+@pytest.mark.parametrize("sha", ["../../../victim.txt", "main", "C" * 40, "0" * 39])
+def test_a_listing_whose_commit_is_not_a_hash_is_refused(hub, hf_env, tiny_model, sha):
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    hub.listed_sha[REPO] = sha
+    with pytest.raises(ModelNotFound) as info:
+        hf_source.locate(f"hf:{REPO}:Q4_K_M")
+    assert REPO in str(info.value) and "commit" in str(info.value) and "\n" not in str(info.value)
+    assert not (hf_source.repo_dir(REPO) / "snapshots").exists()
+
+
+@pytest.mark.parametrize("revision", ["../../../victim.txt", "a/../../b", "/etc/passwd", "a//b", "x y", "a\\b", "."])
+def test_a_revision_that_is_not_a_name_is_a_one_line_error(hub, hf_env, tiny_model, tmp_path, revision):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    with pytest.raises(ConfigError) as info:
+        llm_magic.ask("hello", model=f"hf:{REPO}@{revision}:Q4_K_M", max_tokens=2, timeout=60)
+    assert "revision" in str(info.value) and "\n" not in str(info.value)
+    assert victim.read_text() == "keep me" and hub.requests == []
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "my_branch-2", "a" * 40])
+def test_ordinary_revisions_are_accepted(revision):
+    assert parse(f"hf:org/repo@{revision}:Q4_K_M").revision == revision
+
+
+def test_a_refs_file_that_is_not_a_commit_is_not_followed(hf_env, tiny_model, tmp_path):
+    put_in_cache(hf_env, REPO, {"tiny-Q4_K_M.gguf": Path(tiny_model)})
+    outside = tmp_path / "outside"
+    (outside / "tiny-Q4_K_M.gguf").parent.mkdir(parents=True)
+    shutil.copy(tiny_model, outside / "tiny-Q4_K_M.gguf")
+    (hf_source.repo_dir(REPO) / "refs" / "main").write_text(
+        os.path.relpath(outside, hf_source.repo_dir(REPO) / "snapshots")
+    )
+    assert hf_source.cached_snapshot(parse(f"hf:{REPO}:Q4_K_M")) is None
+
+
+def test_a_hub_that_never_answers_is_a_one_line_error_within_the_timeout(hf_env, monkeypatch, shell):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # accepted, never answered
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    name = f"hf:{REPO}:Q4_K_M"
+    try:
+        started = time.monotonic()
+        with pytest.raises(ModelNotFound) as info:
+            llm_magic.estimate(name)
+        assert time.monotonic() - started < 20
+        message = str(info.value)
+        assert REPO in message and "offline" in message and "\n" not in message
+        asked = len(held)
+        assert asked >= 1
+        started = time.monotonic()  # remembered: the next calls do not wait on the network again
+        with pytest.raises(ModelNotFound):
+            resolve(name)
+        shell.run_line_magic("load_ext", "llm_magic")
+        error, _ = run_error(shell, f"%%ask -m {name}\nhello")
+        assert REPO in str(error) and "offline" in str(error)
+        run(shell, "%llm status")
+        assert time.monotonic() - started < 5 and len(held) == asked
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_hub_that_never_answers_a_file_request_fails_the_download_in_one_line(hub, hf_env, tiny_model, monkeypatch):
+    from llm_magic.errors import ModelLoadError
+
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_model})
+    hub.silent_files = True
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as info:
+        llm_magic.ask("hello", model=f"hf:{REPO}:Q4_K_M", max_tokens=2, timeout=60)
+    assert time.monotonic() - started < 8  # huggingface_hub's own wait is 10 s
+    message = str(info.value)
+    assert REPO in message and "offline" in message and "\n" not in message
+
+
+def test_a_download_of_unknown_size_cut_short_is_not_taken_as_complete(hub, hf_env, tiny_model):
+    from llm_magic.errors import ModelLoadError
+
+    data = Path(tiny_model).read_bytes()
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": data})
+    hub.no_size = True  # no Content-Length, no X-Linked-Size, no size listed: the body ends when the connection does
+    hub.cut_at = len(data) // 3
+    name = f"hf:{REPO}:Q4_K_M"
+    with pytest.raises(ModelLoadError) as info:
+        llm_magic.ask("hello", model=name, max_tokens=2, timeout=60)
+    message = str(info.value)
+    assert "broke off" in message and REPO in message and "\n" not in message
+    blobs = hf_source.repo_dir(REPO) / "blobs"
+    etag = hashlib.sha256(data).hexdigest()
+    assert not (blobs / etag).exists() and (blobs / f"{etag}.incomplete").is_file()
+    answer = llm_magic.ask("hello", model=name, max_tokens=2, timeout=60)  # the next try resumes and checks it
+    assert answer.n_tokens == 2
+    assert (blobs / etag).read_bytes() == data and not (blobs / f"{etag}.incomplete").exists()
+    assert hub.gets()[1][2] is not None

@@ -151,3 +151,39 @@ def test_the_estimate_column_is_the_memory_estimate_with_the_settings(places, tm
     assert row.estimate_bytes == estimate_file(tiny_model, 8192).total_bytes
     assert row.estimate_bytes == llm_magic.estimate(tiny_model).total_bytes  # what a load would take
     assert row.estimate_bytes > estimate_file(tiny_model, 512).total_bytes  # the KV cache counts
+
+
+def test_a_row_is_also_a_read_only_mapping(places, tmp_path, tiny_model):
+    settings.current().model_dirs = [str(Path(tiny_model).parent)]
+    [row] = [r for r in llm_magic.find_models() if r.path == tiny_model]
+    assert row["name"] == row.name == tiny_model and row["source"] == "folder"
+    assert "name" in row and "estimate_bytes" in row and "nonsense" not in row
+    assert dict(row) == row.as_dict() and list(row) == list(row.as_dict()) and len(row) == len(row.as_dict())
+    assert row.get("quantization") == row.quantization and row.get("nonsense", 7) == 7
+    with pytest.raises(KeyError):
+        row["nonsense"]
+    with pytest.raises(TypeError):
+        row["name"] = "x"  # type: ignore[index]
+    assert {row: 1}[row] == 1 and row == model_finder.describe("folder", tiny_model, Path(tiny_model))
+
+
+def test_each_header_is_read_once(places, tmp_path, tiny_model, chat_model, monkeypatch):
+    from llm_magic import gguf_header, memory_estimate
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny_model, folder / "tiny.gguf")
+    shutil.copy(chat_model, folder / "chat.gguf")
+    settings.current().model_dirs = [str(folder)]
+    reads: list[str] = []
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return gguf_header.read_header(path, *args, **kwargs)
+
+    monkeypatch.setattr(memory_estimate, "_headers", {})
+    monkeypatch.setattr(memory_estimate, "read_header", counting)
+    monkeypatch.setattr(model_finder, "read_header", counting, raising=False)
+    rows = llm_magic.find_models()
+    assert all(r.error is None and r.estimate_bytes for r in rows) and len(rows) == 2
+    assert sorted(reads) == sorted(str(folder / n) for n in ("chat.gguf", "tiny.gguf"))

@@ -26,15 +26,21 @@ _lock = threading.Lock()
 
 
 def found_names() -> list[str]:
-    """The ``-m`` names of the models on this machine (a directory scan, no header read)."""
+    """The ``-m`` names of the models on this machine (a directory scan, no header read); vision
+    projectors (mmproj files) are not models to load and are left out."""
     global _names
     with _lock:
         stamp, names = _names
         if time.monotonic() - stamp < NAMES_TTL_S:
             return names
+    from ..hf_source import is_mmproj
     from ..model_finder import locations
 
-    names = [name for _, name, _, problem in locations() if problem is None]
+    names = [
+        name
+        for _, name, path, problem in locations()
+        if problem is None and not is_mmproj(path.name) and not is_mmproj(name)
+    ]
     with _lock:
         _names = (time.monotonic(), names)
     return names
