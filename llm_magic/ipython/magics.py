@@ -9,6 +9,7 @@ own ``{name}``/``{In[n]}`` interpolation applies, never IPython's ``$x``/``{expr
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 from typing import Any
 
@@ -296,8 +297,12 @@ class AskMagics(Magics, Settings):
         return answer
 
     def _follow_hash(self, view: StreamDisplay, answer: Answer, sent: dict[str, Any]) -> None:
+        # the update comes from the hashing thread: send it as this cell's output (ipykernel keeps
+        # the cell's parent header in a context variable, which a new thread does not inherit)
+        cell = contextvars.copy_context()
+
         def update(meta: dict[str, Any]) -> None:
-            view.set_metadata({"llm_magic": meta})
+            cell.run(view.set_metadata, {"llm_magic": meta})
 
         if not answer_record.when_hashed(answer, update) and answer.provenance and answer.provenance != sent:
             update(dict(answer.provenance))  # hashed between the display and now

@@ -5,6 +5,7 @@ answer from the ask log and `%llm log` still lists it."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -62,3 +63,39 @@ def test_metadata_is_saved_and_replay_survives_a_restart(tiny_model):
     assert replayed.data["text/plain"].startswith(first_text)
     listing = "".join(o.get("text", "") for o in nb2.cells[3].outputs)
     assert listing.count("\n  Q: ") == 1 and "Which column of pandas.DataFrame" in listing
+
+
+def test_the_late_file_hash_updates_the_cells_own_output(tmp_path):
+    """The model file's sha256 arrives after the answer (hashed in the background): the metadata
+    update is sent as the asking cell's output (its parent header), which is what a front end that
+    routes updates by request (JupyterLab) needs to apply it."""
+    import queue
+
+    from jupyter_client.manager import start_new_kernel
+
+    from tiny_gguf import write_tiny_model
+
+    # a file whose hash is not known yet, large enough (~130 MB) to take a moment to hash
+    model = str(write_tiny_model(tmp_path / "fresh.gguf", seed=11, n_embd=1024, n_layer=3))
+    env = {**os.environ, "LLM_MAGIC_MODEL": model, "LLM_MAGIC_DATA_DIR": str(tmp_path / "data")}
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        kc.execute_interactive("%load_ext llm_magic", timeout=120)
+        msg_id = kc.execute("%%ask -n 4\nhi")
+        kc.execute("%%ask -n 300\nnext")  # the next cell runs while the file is hashed (which pauses for it)
+        update = None
+        deadline = time.monotonic() + 60
+        while update is None and time.monotonic() < deadline:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            meta = msg["content"].get("metadata", {}).get("llm_magic", {})
+            if msg["msg_type"] == "update_display_data" and meta.get("sha256"):
+                update = msg
+        assert update is not None, "no metadata update with the file's sha256"
+        assert update["parent_header"]["msg_id"] == msg_id
+        assert len(update["content"]["metadata"]["llm_magic"]["sha256"]) == 64
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
