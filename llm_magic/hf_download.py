@@ -6,7 +6,6 @@ metadata (etag, size, where to fetch) comes from ``huggingface_hub.get_hf_file_m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import threading
@@ -251,8 +250,6 @@ def _transfer(
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .default_model import sha256_of
+
+    return sha256_of(path)

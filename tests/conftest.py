@@ -3,6 +3,7 @@ it re-raises cell errors), and process-wide state reset around every test."""
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import os
@@ -279,3 +280,19 @@ def pytest_collection_finish(session):
         from llama_server import llama_cpp_tools
 
         llama_cpp_tools()
+
+
+def interrupt_after(n_tokens: int, timeout: float = 60.0) -> threading.Thread:
+    """Ctrl-C (SIGINT to the main thread) once a running request has streamed ``n_tokens``."""
+
+    def watch():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(r.progress().n_tokens >= n_tokens for r in runtime.get().requests()):
+                _thread.interrupt_main()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

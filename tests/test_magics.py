@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import _thread
 import logging
-import threading
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from llm_magic import cache as cache_mod
 from llm_magic import conversation, runtime
 from llm_magic.specs import ENV_MODEL
 
-from conftest import LONG_CTX, evaluated_prompt, evaluated_tokens, llm_threads, run, run_error
+from conftest import LONG_CTX, evaluated_prompt, evaluated_tokens, interrupt_after, llm_threads, run, run_error
 
 
 def conversations():
@@ -139,22 +137,6 @@ def test_timeout_in_a_notebook_shows_where_the_time_went_under_the_marker(ip, mo
     assert final["text/html"] == llm_magic.rendering.answer_html(a.text, a.marker(), note=a.time_report)
     assert final["text/html"].endswith(f'<p class="llm-magic-note" style="opacity:0.7">[{a.time_report}]</p>')
     assert final["text/plain"].endswith(f"\n\n[{a.marker()}]\n[{a.time_report}]")
-
-
-def interrupt_after(n_tokens: int, timeout: float = 60.0) -> threading.Thread:
-    """Ctrl-C (SIGINT to the main thread) once a running request has streamed ``n_tokens``."""
-
-    def watch():
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(r.progress().n_tokens >= n_tokens for r in runtime.get().requests()):
-                _thread.interrupt_main()
-                return
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_kernel_interrupt_keeps_partial_answer(ip):

@@ -5,18 +5,16 @@ in the llama-cpp-python sdist (tests/llama_server.py), started and killed by the
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import signal
-import threading
 import time
 
 import pytest
 
 import llm_magic
-from llm_magic import default_model, runtime
+from llm_magic import default_model
 
-from conftest import run
+from conftest import interrupt_after, run
 from llama_server import LlamaServer, RpcServer, model_buffers, need_llama_cpp_tools
 
 pytest.importorskip("openai")
@@ -53,22 +51,6 @@ def ip_cluster(ip, cluster):
     server, _ = cluster
     ip.run_line_magic("config", f"AskMagics.models = {{'cluster': {{'base_url': {server.url!r}, 'model': 'tiny'}}}}")
     return ip
-
-
-def interrupt_after(n_tokens: int, timeout: float = 60.0) -> threading.Thread:
-    """Ctrl-C (SIGINT to the main thread) once a running request has streamed ``n_tokens``."""
-
-    def watch():
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(r.progress().n_tokens >= n_tokens for r in runtime.get().requests()):
-                _thread.interrupt_main()
-                return
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_the_workers_hold_the_model(cluster):
