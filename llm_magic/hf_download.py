@@ -18,6 +18,7 @@ from .hf_source import (
     COMMIT,
     Plan,
     endpoint,
+    env_seconds,
     hub_timeout,
     inside,
     repo_dir,
@@ -60,11 +61,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 def download_timeout() -> float:
     """Seconds without a byte before a transfer fails: $HF_HUB_DOWNLOAD_TIMEOUT, else ``TIMEOUT_S``."""
-    try:
-        value = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT", "") or TIMEOUT_S)
-    except ValueError:
-        return TIMEOUT_S
-    return value if value > 0 else TIMEOUT_S
+    return env_seconds("HF_HUB_DOWNLOAD_TIMEOUT", TIMEOUT_S)
 
 
 def download(plan: Plan, progress: Progress, abort: threading.Event) -> Path:

@@ -131,13 +131,18 @@ def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name``, else ``default``."""
+    try:
+        value = float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 def hub_timeout() -> float:
     """Seconds to wait for the Hub: $HF_HUB_ETAG_TIMEOUT (huggingface_hub's own setting), else 10."""
-    try:
-        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "") or HUB_TIMEOUT_S)
-    except ValueError:
-        return HUB_TIMEOUT_S
-    return value if value > 0 else HUB_TIMEOUT_S
+    return env_seconds("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S)
 
 
 def token() -> str | None:
