@@ -109,6 +109,13 @@ class ModelQueue:
         if on_idle is not None:
             on_idle()
 
+    def others_waiting(self, user: QueueUser) -> bool:
+        """Whether a request other than ``user`` has joined this model without holding a slot (it
+        waits, or is about to): a request that gives way (an inline completion) stops then."""
+        with self._lock:
+            holding = {id(u) for u in (r() for r in self._holders) if u is not None}
+            return any(u is not user and id(u) not in holding for u in self._users)
+
     def holders(self) -> list[QueueUser]:
         with self._lock:
             return [u for u in (r() for r in self._holders) if u is not None]

@@ -292,6 +292,12 @@ class Settings(HasTraits):
         "from the ask log, as %%ask --cache does; %%ask --fresh still asks the model.",
     ).tag(config=True)
 
+    # inline completion in JupyterLab (issue 16): the llm_magic.inline comm
+    inline_completion = Bool(True, help="Answer JupyterLab's inline completion requests (%llm complete on|off).").tag(
+        config=True
+    )
+    completion_model = Unicode("", help="The model for inline completions (empty: the default model).").tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session_aliases: dict[str, dict[str, Any]] = {}  # %llm alias: this session only

@@ -22,6 +22,7 @@ EXPECTED = {
     "history",
     "reset",
     "panel",
+    "complete",
     "help",
     "log",
     "last",

@@ -199,3 +199,30 @@ def test_a_model_whose_generation_will_not_stop_is_closed_when_it_does(tiny_mode
     assert not model.closed  # still in use: not closed under it
     queue.release(holder)
     assert model.closed  # closed as soon as it was let go, not leaked
+
+
+def test_others_waiting_sees_a_request_that_joined_without_a_slot():
+    from llm_magic.model_queue import ModelQueue
+
+    class User:
+        def stop(self, reason="cancelled"):
+            pass
+
+        def stale(self):
+            return False
+
+        def suspended(self):
+            return False
+
+        def abandon(self):
+            return False
+
+    q, holder, waiter = ModelQueue(), User(), User()
+    q.join(holder)
+    assert q.acquire(holder, lambda: True)
+    assert not q.others_waiting(holder)
+    q.join(waiter)
+    assert q.others_waiting(holder) and q.others_waiting(waiter) is False
+    q.leave(waiter)
+    assert not q.others_waiting(holder)
+    q.release(holder)

@@ -46,7 +46,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from .. import preload
     from ..errors import LLMMagicError
     from ..specs import default_model_name
-    from . import completion
+    from . import completion, inline_comm
     from .magics import AskMagics
     from .parsing import ask_line_transformer
 
@@ -66,6 +66,7 @@ def load_ipython_extension(ipython: Any) -> None:
     if cleanups is not None:
         cleanups.append(ask_line_transformer)
     completion.register(ipython)  # %%ask -m <Tab>: aliases and the models on this machine
+    inline_comm.register(ipython)  # JupyterLab's ghost text: the llm_magic.inline comm (issue 16)
     names: list[str] | None = magics.preload
     if names is None:
         default = default_model_name()
@@ -80,8 +81,9 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext llm_magic``: free every model and stop every worker thread."""
     from .. import cleanup_models
-    from . import completion
+    from . import completion, inline_comm
 
+    inline_comm.unregister(ipython)
     cleanup_models()
     _drop_transformer(ipython)
     completion.unregister(ipython)

@@ -82,6 +82,17 @@ def panel(magics: AskMagics, rest: str) -> None:
     show_panel()
 
 
+@command("complete on|off", "JupyterLab's inline completions from the kernel's model (AskMagics.inline_completion)")
+def complete(magics: AskMagics, rest: str) -> None:
+    words = split_words(rest)
+    if len(words) > 1 or (words and words[0] not in ("on", "off")):
+        raise usage_error("complete")
+    if words:
+        magics.inline_completion = words[0] == "on"
+    model = magics.completion_model or "the default model"
+    print(f"inline completions are {'on' if magics.inline_completion else 'off'} ({model})")
+
+
 @command("help", "this list")
 def help(magics: AskMagics, rest: str) -> None:
     print(help_text())
