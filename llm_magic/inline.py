@@ -25,13 +25,14 @@ from . import settings as settings_mod
 from .cache_entry import READY
 from .engines import llama_private
 from .engines.base import Prepared, StreamStats
-from .inline_prompt import MODES, LineEnd, prompt_tokens
+from .inline_prompt import MODES, LineEnd, prompt_tokens, stable_tail
 from .specs import resolve
 
 log = logging.getLogger("llm_magic.inline")
 
 PREFIX_CHARS = 32_000  # text kept of a huge prefix (its end) and suffix (its start), before tokens
 SUFFIX_CHARS = 8_000
+TRIM_STEP_CHARS = 4_096  # a huge prefix loses its start in steps this long (inline_prompt.stable_tail)
 MAX_TOKENS = 256  # the most a request may ask for
 TIME_LIMIT_S = 10.0  # a completion ends after this long, whatever it asked
 
@@ -74,7 +75,8 @@ def parse(data: Any) -> tuple[str, int, Request | None]:
     if not isinstance(stop, list) or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop) or len(stop) > 8:
         raise BadRequest("stop must be a list of at most 8 short strings")
     stops = tuple(MODES[mode]) + tuple(stop)
-    return "complete", rid, Request(rid, prefix[-PREFIX_CHARS:], suffix[:SUFFIX_CHARS], min(n, MAX_TOKENS), stops)
+    prefix = str(stable_tail(prefix, PREFIX_CHARS, TRIM_STEP_CHARS))
+    return "complete", rid, Request(rid, prefix, suffix[:SUFFIX_CHARS], min(n, MAX_TOKENS), stops)
 
 
 @dataclass

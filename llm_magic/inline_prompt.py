@@ -75,8 +75,23 @@ def prompt_tokens(
     return [*bos, pre, *prefix_tokens, suf, *suffix_tokens, mid], "fim"
 
 
+TRIM_STEP_TOKENS = 256  # a prefix over budget loses its start in steps this long (see ``stable_tail``)
+
+
+def stable_tail(seq: Sequence[Any], n: int, step: int) -> Sequence[Any]:
+    """At most the last ``n`` items of ``seq``, cut at a multiple of ``step`` from its start: as the
+    prefix grows by a keystroke the cut stays where it was (and the KV cache's prefix with it)
+    instead of sliding by one token each time, which would make every keystroke read it all."""
+    if len(seq) <= n:
+        return seq
+    if n <= 0:
+        return seq[:0]
+    drop = -(-(len(seq) - n) // step) * step  # rounded up to a whole step
+    return seq[drop:]
+
+
 def _tail(tokens: list[int], n: int) -> list[int]:
-    return tokens[-n:] if n > 0 else []
+    return list(stable_tail(tokens, n, TRIM_STEP_TOKENS))
 
 
 class LineEnd:

@@ -89,7 +89,10 @@ def test_parse_a_complete_request_and_its_defaults():
 def test_huge_requests_are_trimmed_to_the_budget():
     _, _, req = parse({"action": "complete", "id": 1, "prefix": "p" * 10**6 + "END", "suffix": "START" + "s" * 10**6})
     assert req is not None
-    assert len(req.prefix) == inline.PREFIX_CHARS and req.prefix.endswith("END")
+    assert inline.PREFIX_CHARS - inline.TRIM_STEP_CHARS < len(req.prefix) <= inline.PREFIX_CHARS
+    assert req.prefix.endswith("END")
+    _, _, longer = parse({"action": "complete", "id": 2, "prefix": "p" * 10**6 + "END + 1", "suffix": ""})
+    assert longer is not None and longer.prefix == req.prefix + " + 1"  # a keystroke does not move the start
     assert len(req.suffix) == inline.SUFFIX_CHARS and req.suffix.startswith("START")
     _, _, req = parse({"action": "complete", "id": 1, "prefix": "x", "max_tokens": 10**9})
     assert req is not None and req.max_tokens == inline.MAX_TOKENS
@@ -165,6 +168,18 @@ def test_a_prompt_larger_than_the_context_keeps_the_end_of_the_prefix(fim_model)
     assert model.llm.detokenize(before_suffix[-8:]).decode().strip().endswith("omega")
     outcome, pieces = run_one(Request(1, prefix[-inline.PREFIX_CHARS :], "", 8, ()))
     assert outcome.reason == "length" and outcome.n_tokens == 8 and pieces
+
+
+def test_a_keystroke_on_a_prefix_over_budget_still_reuses_the_cache(tiny_model):
+    """Over the budget the prefix loses its start in whole steps, so the next keystroke's prompt
+    still begins as the cached one did."""
+    loaded(tiny_model)
+    big = CODE * 500  # over the character budget, and far over the model's 2048-token window
+    requests = [parse({"action": "complete", "id": i, "prefix": big + tail}) for i, tail in enumerate(["x", "x ="])]
+    first, _ = run_one(requests[0][2])
+    second, _ = run_one(requests[1][2])
+    assert first.n_prompt_evaluated == first.n_prompt_tokens > 1000
+    assert second.n_prompt_evaluated <= 3, second
 
 
 # ---- completions on the model -------------------------------------------------------------------
