@@ -86,6 +86,21 @@ def kernel(tiny_model):
         km.shutdown_kernel(now=True)
 
 
+# The tiny model writes 256 tokens faster than a client can answer the first reply: in the kernel,
+# each reply is held back 10 ms (about Gemma's pace on 2 cores), so a newer request or a cancel
+# really arrives while the completion runs.
+SLOW_REPLIES = """
+import time as _time
+import llm_magic.inline as _inline
+_reply = _inline.InlineServer._reply
+def _slow_reply(self, rid, text, done):
+    if not done:
+        _time.sleep(0.01)
+    _reply(self, rid, text, done)
+_inline.InlineServer._reply = _slow_reply
+"""
+
+
 def _assert_stream(replies: list[dict]) -> None:
     assert replies and replies[-1]["done"] is True
     assert all(r["done"] is False for r in replies[:-1]) and all(set(r) == {"id", "text", "done"} for r in replies)
@@ -101,6 +116,7 @@ def test_the_comm_protocol_idle(kernel):
     replies = client.wait_done(1)
     _assert_stream(replies)
     assert len(replies) >= 3 and "".join(r["text"] for r in replies).strip()
+    kc.execute_interactive(SLOW_REPLIES, timeout=30)
     # a newer id stops the running request; so does cancel
     client.send({**LONG, "id": 2})
     client.wait_text(2)
