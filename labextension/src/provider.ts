@@ -54,9 +54,9 @@ class Stream {
     });
   }
 
-  /** Resolves with the first text, or at the end. */
+  /** Resolves at the first visible text (a leading newline or indent is not yet worth showing), or at the end. */
   async first(): Promise<void> {
-    while (!this.done && this.text === '') {
+    while (!this.done && this.text.trim() === '') {
       await this.next();
     }
   }
