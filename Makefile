@@ -61,6 +61,7 @@ labextension: $(VENV)/.installed-labext
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jupyter-builder build .
 	cp labextension/install.json llm_magic/labextension/install.json
+	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm test --silent
 
 # CI: the committed build is what the sources build to
 labextension-check: labextension
