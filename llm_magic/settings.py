@@ -296,7 +296,9 @@ class Settings(HasTraits):
     inline_completion = Bool(True, help="Answer JupyterLab's inline completion requests (%llm complete on|off).").tag(
         config=True
     )
-    completion_model = Unicode("", help="The model for inline completions (empty: the default model).").tag(config=True)
+    completion_model = Unicode(
+        "", help="The model for inline completions (empty: the default model); preloaded with the default model."
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

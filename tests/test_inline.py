@@ -341,3 +341,14 @@ def test_no_comm_target_outside_a_kernel(shell):
 
     assert inline_comm.register(shell) is False  # a terminal IPython has no comms
     inline_comm.unregister(shell)  # and unloading there is harmless
+
+
+def test_a_completion_model_of_its_own_preloads_on_load_ext(shell, use_model, tiny_model_b):
+    from traitlets.config import Config
+
+    from llm_magic import runtime
+
+    shell.config = Config({"AskMagics": {"completion_model": tiny_model_b}})
+    shell.run_line_magic("load_ext", "llm_magic")
+    paths = sorted(e.spec.path for e in runtime.get().cache.entries())
+    assert paths == sorted([use_model, tiny_model_b])  # the default model and the completion model

@@ -71,6 +71,9 @@ def load_ipython_extension(ipython: Any) -> None:
     if names is None:
         default = default_model_name()
         names = [default] if default else []
+        # a completion model of its own is warm too by the first keystroke
+        if magics.inline_completion and magics.completion_model and magics.completion_model not in names:
+            names.append(magics.completion_model)
     for name in names:
         try:
             preload(name)
