@@ -285,6 +285,8 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
     r_tps = ratio(withc, alone)
     ttft_a = summary(r["ttft_s"] * 1000 for r in sides["alone"] if r["ttft_s"] is not None)
     ttft_w = summary(r["ttft_s"] * 1000 for r in sides["with"] if r["ttft_s"] is not None)
+    queue_w = summary((r["queue_s"] or 0) * 1000 for r in sides["with"])
+    queue_a = summary((r["queue_s"] or 0) * 1000 for r in sides["alone"])
     n_req = summary(r["requests"] for r in sides["with"])
     with_reasons: dict[str, int] = {}
     for r in sides["with"]:
@@ -337,6 +339,10 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
         ("`%%ask` tokens/s, with completions / alone", f"{fmt(withc, '', 1)} / {fmt(alone, '', 1)}"),
         ("`%%ask` time to first token, with completions / alone", f"{fmt(ttft_w, ' ms', 1)} / {fmt(ttft_a, ' ms', 1)}"),
         (
+            "… of which waiting for the model (a completion had it), with completions / alone",
+            f"{fmt(queue_w, ' ms', 1)} / {fmt(queue_a, ' ms', 1)}",
+        ),
+        (
             "completion requests per ask; how they ended",
             f"{fmt(n_req, '', 0)}; " + ", ".join(f"{k}: {n}" for k, n in sorted(with_reasons.items())),
         ),
@@ -350,7 +356,9 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
         f"the extension's mode) that supersedes the previous one, typing `{TYPED}` from `{TYPED[:START]}`; "
         f"times are the client's, the debounce not included. Asks: `%%ask -n {ASK_TOKENS} --raw --temperature 0`, "
         f"{len(sides['alone'])} alone and {len(sides['with'])} with completions, interleaved; tokens/s is the "
-        "Answer's (first to last token)."
+        "Answer's (first to last token). The first completion request goes out with the ask: where it gets the "
+        "model first it re-reads the notebook prefix (the ask's answer replaced it in the KV cache) and the ask "
+        "waits for the current prompt batch, which shows in its wait for the model, not in its tokens/s."
     )
     data = {
         "prefix_tokens": n_prefix,
