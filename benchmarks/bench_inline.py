@@ -64,7 +64,7 @@ class _BenchOutcomes(logging.Handler):
         args = record.args
         if isinstance(args, tuple) and len(args) == 7 and str(record.msg).startswith("llm_magic: inline %s:"):
             keys = ("id", "reason", "shape", "n_prompt_tokens", "n_prompt_evaluated", "n_tokens", "seconds")
-            self.rows.append(dict(zip(keys, args)))
+            self.rows.append({**dict(zip(keys, args)), "at": record.created})
 
 _bench_outcomes = _BenchOutcomes()
 _inline_log = logging.getLogger("llm_magic.inline")
@@ -217,9 +217,10 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
     """The ask on the main shell while the client types on the subshell, a request every ASK_EVERY_S."""
     kc = k.kc
     comm.pump(0.01)  # leftovers
+    wall0 = time.time()  # the kernel's outcome rows carry wall-clock times ("at")
     msg_id = kc.execute(ASK, store_history=False)
     ids: list[int] = []
-    next_at = time.perf_counter()
+    next_at = t0 = time.perf_counter()
     deadline = next_at + 180
     while True:
         now = time.perf_counter()
@@ -243,7 +244,13 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"the ask failed: {reply['content'].get('evalue')}")
     comm.cancel(ids[-1])
-    comm.wait(ids[-1], done=True)
+    no_done = []  # every request ends with one done: those still without one after 30 s
+    end = time.perf_counter() + 30
+    for rid in ids:
+        try:
+            comm.wait(rid, done=True, timeout=max(0.1, end - time.perf_counter()))
+        except TimeoutError:
+            no_done.append(rid)
     answer = k.value("print(json.dumps(_bench_answer(_bench_a)))")
     rows = {r["id"]: r for r in k.value("print(json.dumps(_bench_outcomes.rows[-300:], default=str))")}
     reasons: dict[str, int] = {}
@@ -251,7 +258,16 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
         reason = (rows.get(rid) or {}).get("reason", "?")
         reasons[reason] = reasons.get(reason, 0) + 1
     with_text = sum(1 for rid in ids if comm.first_text(rid)[0] is not None)
-    return {**answer, "requests": len(ids), "reasons": reasons, "requests_with_text": with_text}
+    return {
+        **answer,
+        "requests": len(ids),
+        "reasons": reasons,
+        "requests_with_text": with_text,
+        "no_done": no_done,
+        "wall0": wall0,
+        "sent_s": [comm.sent[rid] - t0 for rid in ids],  # from sending the ask
+        "outcomes": [rows.get(rid) for rid in ids],
+    }
 
 
 def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
@@ -347,6 +363,7 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
             f"{fmt(n_req, '', 0)}; " + ", ".join(f"{k}: {n}" for k, n in sorted(with_reasons.items())),
         ),
         ("tokens per answer; same text every time", f"{fmt(n_tok, '', 0)}; {same_text}"),
+        ("completion requests left without a done", str(sum(len(r["no_done"]) for r in sides["with"]))),
     ]
     table = md_table(["issue row", "measure", "llm_magic median [min–max]", "baseline", "ratio", "target"], rows)
     table += "\n\n" + md_table(["detail", "value"], detail)
