@@ -238,6 +238,7 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
             for m in others
         ):
             break
+    t_idle = time.perf_counter()
     reply = kc.get_shell_msg(timeout=30)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=30)
@@ -264,6 +265,10 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
         "reasons": reasons,
         "requests_with_text": with_text,
         "no_done": no_done,
+        # sent well before the ask ended, answered only after it: served behind the cell, not on the subshell
+        "after_ask": sum(
+            1 for rid in ids if comm.sent[rid] < t_idle - 0.5 and all(t > t_idle for t, r in comm.of(rid) if r["done"])
+        ),
         "wall0": wall0,
         "sent_s": [comm.sent[rid] - t0 for rid in ids],  # from sending the ask
         "outcomes": [rows.get(rid) for rid in ids],
@@ -310,6 +315,8 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
             with_reasons[reason] = with_reasons.get(reason, 0) + n
     same_text = len({r["text"] for r in sides["alone"] + sides["with"]}) == 1
     n_tok = summary(r["n_tokens"] for r in sides["alone"] + sides["with"])
+    n_after = sum(r["after_ask"] for r in sides["with"])
+    reps_after = sum(1 for r in sides["with"] if r["after_ask"])
     met_lat = lat_s["n"] > 0 and lat_s["median"] <= 300
     warm_ms = typed["warm_first_text_ms"]
     rows = [
@@ -364,6 +371,10 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
         ),
         ("tokens per answer; same text every time", f"{fmt(n_tok, '', 0)}; {same_text}"),
         ("completion requests left without a done", str(sum(len(r["no_done"]) for r in sides["with"]))),
+        (
+            "… answered only after the ask ended (waited behind the cell): requests; repetitions",
+            f"{n_after}; {reps_after} of {len(sides['with'])}",
+        ),
     ]
     table = md_table(["issue row", "measure", "llm_magic median [min–max]", "baseline", "ratio", "target"], rows)
     table += "\n\n" + md_table(["detail", "value"], detail)
