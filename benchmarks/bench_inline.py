@@ -38,8 +38,7 @@ KEYSTROKES = 20
 PERIOD_S = 0.3  # one request per keystroke; JupyterLab waits 200 ms after the last one first
 DEBOUNCE_MS = 200  # the extension's debouncerDelay (labextension/src/provider.ts): not in the figures
 MAX_TOKENS = 64  # the extension's default maxTokens
-ASK_EVERY_S = 0.2
-ASK_TOKENS = 256
+ASK_EVERY_S, ASK_TOKENS = 0.2, 256
 ASK_PROMPT = "Once upon a time, a small robot who had never seen a painting"
 ASK = f"%%ask -n {ASK_TOKENS} --raw --stop 'THE END' --temperature 0 --seed 1234 -t 120 -o _bench_a\n{ASK_PROMPT}"
 
@@ -217,7 +216,7 @@ def ask_with_completions(k: Kernel, comm: Comm, cells: str) -> dict[str, Any]:
     """The ask on the main shell while the client types on the subshell, a request every ASK_EVERY_S."""
     kc = k.kc
     comm.pump(0.01)  # leftovers
-    wall0 = time.time()  # the kernel's outcome rows carry wall-clock times ("at")
+    wall0 = time.time()  # the outcome rows carry wall-clock times ("at")
     msg_id = kc.execute(ASK, store_history=False)
     ids: list[int] = []
     next_at = t0 = time.perf_counter()
