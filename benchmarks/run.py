@@ -2,8 +2,8 @@
 
     python benchmarks/run.py [--model PATH] [--reps N] [--only PART,...] [--out DIR] [--no-readme]
 
-Parts: cold, memory, stream, engine, flash, positions, lookup, conversation, panel, remote, vision, context. The model
-defaults to the embedded Gemma 3 270M (assembled once into the user cache). Results:
+Parts: cold, memory, stream, engine, flash, positions, lookup, conversation, panel, remote, vision, context,
+inline. The model defaults to the embedded Gemma 3 270M (assembled once into the user cache). Results:
 benchmarks/results/<name>.json (raw measurements), <name>.md (tables), *.png (plots), and the README
 sections between <!-- bench:NAME:start/end --> markers; the summary table (`core`) keeps the rows of
 parts not run this time. llama.cpp's own llama-bench is built once (in the background while the
@@ -40,9 +40,10 @@ ALL = (
     "remote",
     "vision",
     "context",
+    "inline",
 )
 # issue 12's parts: each in a process of its own (a crash in the generation loop loses one part, not the run)
-OWN_PROCESS = ("engine", "flash", "positions", "lookup", "conversation", "context")  # context: issue 15
+OWN_PROCESS = ("engine", "flash", "positions", "lookup", "conversation", "context", "inline")  # 15, 16
 NEEDS_LLAMA_BENCH = ("engine", "flash", "positions")
 
 
@@ -351,7 +352,7 @@ def main() -> int:
 
     # the summary: this run's rows, and the previous run's rows of the parts not run now
     headline += previous_rows(set(ALL) - set(only))
-    order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "6b", "7", "12", "15"))}
+    order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "5b", "6", "6b", "7", "12", "15", "16"))}
     headline = [
         pr
         for _, pr in sorted(
