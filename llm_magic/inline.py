@@ -95,9 +95,10 @@ class Outcome:
 
 @dataclass(eq=False)
 class _Job:
-    """One request, as the model's queue sees it (a ``QueueUser``)."""
+    """One request, as the model's queue sees it (a ``QueueUser``), and how its replies go out."""
 
     request: Request
+    send: Send = field(default=lambda data: None)  # where its replies go (the comm, in its context)
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, reason: str = "cancelled") -> None:
@@ -222,14 +223,16 @@ class InlineServer:
         self._serving = threading.Lock()  # one completion at a time (the previous one stops first)
         self.outcomes: list[Outcome] = []  # the last few, newest last (for tests and %llm status)
 
-    def handle(self, data: Any) -> None:
-        """A comm message (on the thread that receives them): never raises, never waits."""
+    def handle(self, data: Any, send: Send | None = None) -> None:
+        """A comm message (on the thread that receives them): never raises, never waits. Its replies
+        go out through ``send`` (default: the server's)."""
+        send = send or self._send
         try:
             action, rid, request = parse(data)
         except BadRequest as e:
             bad_id = data.get("id") if isinstance(data, dict) else None
             log.debug("llm_magic: inline: ignoring a bad message (%s)", e)
-            self._done(bad_id if type(bad_id) is int else None)
+            _done(send, bad_id if type(bad_id) is int else None)
             return
         with self._lock:
             previous = self._latest
@@ -237,14 +240,14 @@ class InlineServer:
                 if previous is not None and previous.request.id == rid:
                     previous.stop()
                 return  # the cancelled request answers its own done
-            job = self._latest = _Job(request)  # type: ignore[arg-type]  # parse gives one for "complete"
+            job = self._latest = _Job(request, send)  # type: ignore[arg-type]  # parse gives one for "complete"
         if previous is not None:
             previous.stop()
         try:
             runtime.get().submit(lambda: self._serve(job))
         except Exception:  # a pool shutting down: still a quiet done
             log.debug("llm_magic: inline: cannot start completion %s", rid, exc_info=True)
-            self._done(rid)
+            _done(send, rid)
 
     def close(self) -> None:
         """Stop the running request (the comm closed or the extension unloads)."""
@@ -259,7 +262,7 @@ class InlineServer:
             if job.stopped.is_set():  # a newer request came while this one waited: dropped
                 outcome = Outcome(rid, "dropped")
             else:
-                outcome = complete(job, lambda text: self._reply(rid, text, False))
+                outcome = complete(job, lambda text: _reply(job.send, rid, text, False))
         self.outcomes = [*self.outcomes[-9:], outcome]
         log.debug(
             "llm_magic: inline %s: %s, %s prompt %d (%d evaluated), %d tokens, %.3f s",
@@ -271,13 +274,15 @@ class InlineServer:
             outcome.n_tokens,
             outcome.seconds,
         )
-        self._done(rid)
+        _done(job.send, rid)
 
-    def _done(self, rid: int | None) -> None:
-        self._reply(rid, "", True)
 
-    def _reply(self, rid: int | None, text: str, done: bool) -> None:
-        try:
-            self._send({"id": rid, "text": text, "done": done})
-        except Exception:  # the comm or the kernel is going away
-            log.debug("llm_magic: inline: cannot send a reply", exc_info=True)
+def _done(send: Send, rid: int | None) -> None:
+    _reply(send, rid, "", True)
+
+
+def _reply(send: Send, rid: int | None, text: str, done: bool) -> None:
+    try:
+        send({"id": rid, "text": text, "done": done})
+    except Exception:  # the comm or the kernel is going away
+        log.debug("llm_magic: inline: cannot send a reply", exc_info=True)

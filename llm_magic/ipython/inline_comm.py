@@ -5,11 +5,17 @@ kernel, e.g. in a terminal IPython) and unregistered on unload. Each comm the fr
 an ``inline.InlineServer``: messages are handled on the thread ipykernel delivers them on (the
 main shell thread, or a subshell's thread when the frontend sends them with a ``subshell_id``,
 ipykernel >= 7) and return at once; the completion itself runs on a worker thread and its replies
-go out with ``comm.send`` from there.
+go out with ``comm.send`` from there, in the context of the request they answer.
+
+That context matters with subshells: ipykernel 7 sends a comm's next incoming messages to the
+subshell of the parent message of its last outgoing one, and a worker thread's own parent is
+whatever message the main shell last took (a cell). Sent from there, one reply would move every
+later request behind the running cell.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import weakref
 from typing import Any
@@ -58,7 +64,7 @@ def _open(comm: Any, msg: dict[str, Any]) -> None:
     _comms.append(comm)
 
     def on_msg(message: dict[str, Any]) -> None:
-        server.handle(_data(message))
+        server.handle(_data(message), _sender(comm))
 
     def on_close(message: dict[str, Any]) -> None:
         server.close()
@@ -70,7 +76,18 @@ def _open(comm: Any, msg: dict[str, Any]) -> None:
     comm.server = server  # for tests and debugging: the kernel's view of this comm
     data = _data(msg)
     if data:
-        server.handle(data)
+        server.handle(data, _sender(comm))
+
+
+def _sender(comm: Any) -> Any:
+    """``comm.send`` in the context of the message being handled now (its parent header and
+    subshell), wherever the reply is sent from."""
+    context = contextvars.copy_context()
+
+    def send(data: dict[str, Any]) -> None:
+        context.copy().run(comm.send, data)  # a copy: two threads may send at once
+
+    return send
 
 
 def _data(message: Any) -> Any:

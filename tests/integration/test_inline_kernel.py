@@ -92,12 +92,12 @@ def kernel(tiny_model):
 SLOW_REPLIES = """
 import time as _time
 import llm_magic.inline as _inline
-_reply = _inline.InlineServer._reply
-def _slow_reply(self, rid, text, done):
+_reply = _inline._reply
+def _slow_reply(send, rid, text, done):
     if not done:
         _time.sleep(0.01)
-    _reply(self, rid, text, done)
-_inline.InlineServer._reply = _slow_reply
+    _reply(send, rid, text, done)
+_inline._reply = _slow_reply
 """
 
 
@@ -181,3 +181,29 @@ def test_completions_on_a_subshell_while_a_cell_runs(kernel):
     assert [r for c, r in client.others if c == main.comm_id] == []  # the main shell's waits behind the cell
     main.replies = [r for c, r in client.others if c == main.comm_id]
     _assert_stream(main.wait_done(9, timeout=30))  # and is answered once the cell is done
+
+
+def test_a_cell_started_mid_completion_does_not_capture_the_comm(kernel):
+    """ipykernel 7 routes a comm's next incoming messages to the subshell of the parent of its last
+    outgoing one. Replies go out from a worker thread: sent with that thread's own parent (the
+    cell the main shell started meanwhile), one reply would put every later request behind it."""
+    km, kc = kernel
+    import ipykernel
+
+    if int(ipykernel.__version__.split(".")[0]) < 7:
+        pytest.skip("kernel subshells need ipykernel >= 7")
+    kc.execute_interactive(SLOW_REPLIES, timeout=30)
+    kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
+    reply = kc.control_channel.get_msg(timeout=30)
+    client = Client(kc, subshell_id=reply["content"]["subshell_id"])
+    client.open()
+    client.send({"action": "complete", "id": 1, "prefix": "Once upon a time", "max_tokens": 64, "mode": "none"})
+    client.wait_text(1, timeout=30)  # the completion streams (10 ms a reply) ...
+    kc.execute("import time; time.sleep(10)")  # ... when the main shell starts a long cell
+    cell_started = time.monotonic()
+    _assert_stream(client.wait_done(1, timeout=30))
+    assert len(client.of(1)) > 2
+    for rid in (2, 3):  # later requests are still served on the subshell while the cell runs
+        client.send({"action": "complete", "id": rid, "prefix": "Once upon a", "max_tokens": 4, "mode": "none"})
+        _assert_stream(client.wait_done(rid, timeout=30))
+    assert time.monotonic() - cell_started < 7.0, "a later request waited for the running cell"
