@@ -35,6 +35,11 @@ SUFFIX_CHARS = 8_000
 TRIM_STEP_CHARS = 4_096  # a huge prefix loses its start in steps this long (inline_prompt.stable_tail)
 MAX_TOKENS = 256  # the most a request may ask for
 TIME_LIMIT_S = 10.0  # a completion ends after this long, whatever it asked
+# The notebook prefix's KV state is kept under this name, as a conversation's is: an ask between two
+# keystrokes saves it (under AskMagics.kv_cache_budget) and the next keystroke restores it instead
+# of reading the whole prefix again.
+KV_OWNER = "llm_magic.inline"
+PROMPT_BATCH = 32  # prompt tokens per decode: an ask that comes while a completion reads waits one such batch
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -181,11 +186,12 @@ def _generate(model: Any, queue: Any, job: _Job, emit: Callable[[str], None], ou
     end = LineEnd(request.stops)
     pieces: list[str] = []
     chunks = model.stream(
-        Prepared(mode="raw", tokens=tokens),
+        Prepared(mode="raw", tokens=tokens, session=KV_OWNER),
         max_tokens=request.max_tokens,
         should_stop=should_stop,
         stats=stats,
         temperature=0.0,
+        prompt_batch=PROMPT_BATCH,
     )
     try:
         for chunk in chunks:

@@ -228,6 +228,21 @@ def test_quiet_outcomes_when_off_loading_failed_or_remote(tiny_model, corrupt_fi
     assert outcome.reason.startswith("error: ModelNotFound")
 
 
+def test_an_ask_between_two_keystrokes_keeps_the_notebook_prefix(tiny_model):
+    """The completion's KV state is kept as a conversation's is: the ask saves it, the next
+    keystroke restores it instead of reading the whole prefix again."""
+    loaded(tiny_model)
+    first, _ = run_one(Request(1, CODE * 5, "", 4, ()))
+    assert first.n_prompt_evaluated == first.n_prompt_tokens > 100
+    llm_magic.ask("Tell me something else entirely.", model=tiny_model, max_tokens=3)  # the cache now holds this
+    second, _ = run_one(Request(2, CODE * 5 + "x = mean", "", 4, ()))
+    assert second.n_prompt_evaluated <= second.n_prompt_tokens - first.n_prompt_tokens + 2, second
+    settings.current().kv_cache_budget = "0"  # no budget: nothing is kept, the prefix is read again
+    llm_magic.ask("Tell me something else entirely.", model=tiny_model, max_tokens=3)
+    third, _ = run_one(Request(3, CODE * 5 + "x = mean(", "", 4, ()))
+    assert third.n_prompt_evaluated >= third.n_prompt_tokens - 1  # all but the BOS the ask shares
+
+
 def test_a_completion_gives_way_to_an_ask_within_a_token(tiny_model):
     loaded(tiny_model)
     started, texts = threading.Event(), []

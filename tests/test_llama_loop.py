@@ -239,3 +239,25 @@ def test_prompt_lookup_keeps_stops_and_stop_strings(tiny_model):
     assert s.answer.finish_reason == "cancelled" and s.answer.text == "".join(got)
     with pytest.raises(ConfigError, match="draft must be one of lookup, none"):
         llm_magic.ask("x", model=tiny_model, draft="ngram")
+
+
+@pytest.mark.parametrize(("batch", "polls"), [(None, 1), (32, 7), (1000, 1)])
+def test_smaller_prompt_batches_give_way_sooner(tiny_model, batch, polls):
+    """A request that must give way soon (an inline completion) reads its prompt in smaller
+    batches: ``should_stop`` is polled before each, so a waiting ask waits one such batch."""
+    from llm_magic.engines.base import StreamStats
+
+    model = loaded(tiny_model)
+    kv = model._kv
+    kv.clear()
+    tokens = [model.llm.token_bos(), *model.llm.tokenize(b"word " * 300, add_bos=False)][:200]
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(len(kv.tokens))
+        return False
+
+    assert llama_loop.evaluate_prompt(kv, tokens, should_stop, StreamStats(), batch)
+    assert len(asked) == polls and kv.tokens == tokens
+    if batch == 32:
+        assert asked == list(range(0, 200, 32))  # before each 32-token batch

@@ -264,6 +264,7 @@ class LocalModel:
         grammar = sampling.pop("grammar", None)
         draft = sampling.pop("draft", None)
         extra_stop = sampling.pop("stop", None)
+        prompt_batch = sampling.pop("prompt_batch", None)  # smaller prompt batches: gives way sooner
         kwargs = {k: v for k, v in sampling.items() if v is not None}
         if grammar is not None:
             grammar = checked_grammar(self._lc, self.llm, grammar)
@@ -273,7 +274,7 @@ class LocalModel:
         kv = self._kv
         tokens = prepared.tokens
         kv.enter(prepared.session, tokens, self._saved, settings_mod.current().kv_cache_budget_bytes)
-        if not llama_loop.evaluate_prompt(kv, tokens, should_stop, stats):
+        if not llama_loop.evaluate_prompt(kv, tokens, should_stop, stats, prompt_batch):
             return  # stopped while reading a long prompt
         sampler = Sampler(self._lc, kv.ctx, kv.vocab, seed=seed, grammar=grammar, history=tokens, **kwargs)
         stops = StopMatcher(stop_list(prepared.stop, extra_stop))

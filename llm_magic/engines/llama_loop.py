@@ -174,21 +174,25 @@ class Detokenizer:
         return self._decoder.decode(self.piece(token))
 
 
-def evaluate_prompt(kv: KVContext, tokens: list[int], should_stop: Callable[[], bool], stats: StreamStats) -> bool:
+def evaluate_prompt(
+    kv: KVContext, tokens: list[int], should_stop: Callable[[], bool], stats: StreamStats, batch: int | None = None
+) -> bool:
     """Reuse the longest cached prefix, then evaluate the rest batch by batch so a deadline or Stop
     acts between batches (the last token always: its logits choose the first answer token).
+    ``batch`` makes the batches smaller than the context's (a request that must give way soon).
     Returns False if stopped."""
     kept = kv.keep(min(common_prefix(kv.tokens, tokens), len(tokens) - 1))
     stats.n_prompt_tokens = len(tokens)
     stats.n_prompt_evaluated = len(tokens) - kept
     todo = len(tokens) - kept
-    for start in range(kept, len(tokens), kv.n_batch):
-        if todo > kv.n_batch:
+    step = max(1, min(kv.n_batch, batch or kv.n_batch))
+    for start in range(kept, len(tokens), step):
+        if todo > step:
             stats.prompt_progress(start - kept)
         if should_stop():
             return False
-        kv.decode(tokens[start : start + kv.n_batch])
-    if todo > kv.n_batch:
+        kv.decode(tokens[start : start + step])
+    if todo > step:
         stats.prompt_progress(todo)
     return True
 
