@@ -110,6 +110,7 @@ def test_a_wheel_puts_the_extension_where_jupyterlab_finds_it(tmp_path):
             "--quiet",
             "--no-deps",
             "--no-index",
+            "--ignore-installed",  # else pip uninstalls this environment's llm-magic first
             "--prefix",
             str(prefix),
             str(wheel),
@@ -119,6 +120,13 @@ def test_a_wheel_puts_the_extension_where_jupyterlab_finds_it(tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stderr
+    here = subprocess.run(
+        [sys.executable, "-c", "import llm_magic; print(llm_magic.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert here.returncode == 0 and Path(here.stdout.strip()).is_relative_to(ROOT), "this environment lost llm_magic"
     installed = prefix / "share" / "jupyter" / "labextensions"
     assert (installed / NAME / "install.json").is_file()
     env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
