@@ -84,11 +84,18 @@ def run_part(name: str, model: str, reps: int, timeout: float = 3600) -> tuple[d
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    # stdout is read here and stderr only by the pump: communicate() would read stderr too, and lose
+    # the race for a line to the pump, then block in that read while the part blocks writing its result
+    late = threading.Event()
+    timer = threading.Timer(timeout, lambda: (late.set(), proc.kill()))
+    timer.start()
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    if late.is_set():
         return None, f"bench_{name} took longer than {timeout:.0f} s"
     reader.join(timeout=5)
     if proc.returncode != 0:
