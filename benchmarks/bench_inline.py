@@ -384,8 +384,10 @@ def run(model: str, reps: int = 7) -> tuple[dict[str, Any], str]:
         f"times are the client's, the debounce not included. Asks: `%%ask -n {ASK_TOKENS} --raw --temperature 0`, "
         f"{len(sides['alone'])} alone and {len(sides['with'])} with completions, interleaved; tokens/s is the "
         "Answer's (first to last token). The first completion request goes out with the ask: where it gets the "
-        "model first it re-reads the notebook prefix (the ask's answer replaced it in the KV cache) and the ask "
-        "waits for the current prompt batch, which shows in its wait for the model, not in its tokens/s."
+        "model first it restores the notebook prefix's saved KV state and reads the rest in 32-token batches, "
+        "so the ask waits a few ms for the model. An ask after a completion reads its prompt on another KV "
+        "history than an ask after itself, and llama.cpp's sums differ with the batch shapes: at a near-tie "
+        "the 256-token greedy story can take another turn."
     )
     data = {
         "prefix_tokens": n_prefix,
