@@ -65,6 +65,7 @@ labextension: $(VENV)/.installed-labext
 
 # CI: the committed build is what the sources build to
 labextension-check: labextension
+	@git rev-parse --is-inside-work-tree >/dev/null || { echo "labextension-check compares with git: run it in a clone"; exit 1; }
 	@if [ -n "$$(git status --porcelain -- llm_magic/labextension)" ]; then \
 		git status --short -- llm_magic/labextension; \
 		echo "llm_magic/labextension is not what labextension/ builds to: run 'make labextension' and commit it"; exit 1; \

@@ -38,7 +38,7 @@ TIME_LIMIT_S = 10.0  # a completion ends after this long, whatever it asked
 # The notebook prefix's KV state is kept under this name, as a conversation's is: an ask between two
 # keystrokes saves it (under AskMagics.kv_cache_budget) and the next keystroke restores it instead
 # of reading the whole prefix again.
-KV_OWNER = "llm_magic.inline"
+KV_OWNER = "\0inline"  # a name no `%%ask -c NAME` can give a conversation
 PROMPT_BATCH = 32  # prompt tokens per decode: an ask that comes while a completion reads waits one such batch
 
 Send = Callable[[dict[str, Any]], None]
@@ -141,9 +141,8 @@ def _complete(job: _Job, emit: Callable[[str], None], out: Outcome) -> str:
     spec = resolve(settings.completion_model or None)
     cache = runtime.get().cache
     entry = cache.entry(spec)
-    if entry is None:
-        cache.load(spec, retry_failed=False, replace=False)  # the next keystroke finds it loading or ready
-        return "loading"
+    if entry is None:  # typing never loads a model: %load_ext and %llm complete on preload it
+        return "not loaded"
     model = entry.model
     if entry.state != READY or model is None:
         return entry.state
@@ -269,7 +268,8 @@ class InlineServer:
                 outcome = Outcome(rid, "dropped")
             else:
                 outcome = complete(job, lambda text: _reply(job.send, rid, text, False))
-        self.outcomes = [*self.outcomes[-9:], outcome]
+        with self._lock:
+            self.outcomes = [*self.outcomes[-9:], outcome]
         log.debug(
             "llm_magic: inline %s: %s, %s prompt %d (%d evaluated), %d tokens, %.3f s",
             rid,

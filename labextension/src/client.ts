@@ -1,7 +1,8 @@
 // One kernel's end of the `llm_magic.inline` comm: opens it (on a subshell where the kernel has
 // them), sends requests and routes the streamed `{id, text, done}` replies to their listeners.
 // A kernel without llm_magic closes the comm at once; the client then stays silent until a cell
-// mentions llm_magic, the kernel restarts, or a minute has passed.
+// that mentions llm_magic has run, the kernel restarts, or a minute has passed. A comm that had
+// answered and then closed (an unload or a reload) is opened again at the next request.
 
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
 
@@ -146,17 +147,20 @@ export class InlineClient {
         new Promise<boolean>(resolve => setTimeout(() => resolve(false), SUBSHELL_WAIT_MS))
       ]);
     }
+    let answered = false;
     comm.onMsg = msg => {
+      answered = true;
       this._onReply(msg.content.data as unknown as IReply);
     };
     comm.onClose = () => {
-      // llm_magic is not loaded (the kernel closes a comm of an unknown target), was unloaded,
-      // or the kernel is going away: every open request ends quietly
-      if (this._comm === comm) {
-        this._comm = null;
+      if (this._comm !== null && this._comm !== comm) {
+        return; // an older comm closing late
       }
-      this._absentSince = Date.now();
-      this._endAll();
+      this._comm = null;
+      // A comm of an unknown target is closed before any reply: llm_magic is not loaded, stay
+      // quiet for a while. One that answered was closed by an unload or a reload: ask again.
+      this._absentSince = answered ? null : Date.now();
+      this._endAll(); // every open request ends quietly
     };
     try {
       comm.open({});
@@ -197,12 +201,24 @@ export class InlineClient {
   }
 
   private _onIopub(_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void {
-    // a cell that loads llm_magic: ask again at the next keystroke instead of waiting a minute
-    if (this._absentSince !== null && msg.header.msg_type === 'execute_input') {
+    // A cell that mentions llm_magic (%load_ext, %reload_ext, import): ask again at the next
+    // keystroke, and again once that cell is done (a request during it may find no target yet).
+    const parent = (msg.parent_header as { msg_id?: string } | undefined)?.msg_id;
+    const type = msg.header.msg_type;
+    if (type === 'execute_input') {
       const code = (msg.content as { code?: unknown }).code;
       if (typeof code === 'string' && code.includes('llm_magic')) {
         this._absentSince = null;
+        this._loadingCell = parent ?? null;
       }
+    } else if (
+      type === 'status' &&
+      this._loadingCell !== null &&
+      parent === this._loadingCell &&
+      (msg.content as { execution_state?: string }).execution_state === 'idle'
+    ) {
+      this._loadingCell = null;
+      this._absentSince = null;
     }
   }
 
@@ -219,6 +235,7 @@ export class InlineClient {
   private _comm: Kernel.IComm | null = null;
   private _opening: Promise<Kernel.IComm | null> | null = null;
   private _absentSince: number | null = null;
+  private _loadingCell: string | null = null; // the msg_id of a running cell that mentions llm_magic
   private _listeners = new Map<number, Listener>();
   private _onSubshell = false;
   private _disposed = false;

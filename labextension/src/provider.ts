@@ -1,7 +1,7 @@
 // JupyterLab's inline completion provider for llm_magic: ghost text streamed from the model the
 // kernel already holds. JupyterLab debounces the keystrokes (the provider's `debouncerDelay`
 // setting); each fetch supersedes the previous request, and a keystroke that leaves the ghost text
-// behind, Tab, or leaving the cell cancels the running one in the kernel within one token.
+// behind, or Tab accepting all of it, cancels the running one in the kernel within one token.
 
 import type {
   CompletionHandler,
@@ -41,12 +41,17 @@ class Stream {
     this.done = this.done || reply.done;
     const wake = this._wake;
     this._wake = null;
-    wake?.();
+    if (wake) {
+      wake();
+    } else {
+      this._pending = true; // nobody waits now: the next call to next() returns at once
+    }
   }
 
-  /** Resolves at the next reply (or at once if one came since the last call). */
+  /** Resolves at the next reply, or at once if one came since the last call (or at the end). */
   next(): Promise<void> {
-    if (this.done) {
+    if (this.done || this._pending) {
+      this._pending = false;
       return Promise.resolve();
     }
     return new Promise(resolve => {
@@ -62,6 +67,7 @@ class Stream {
   }
 
   private _wake: (() => void) | null = null;
+  private _pending = false;
 }
 
 /** What a running request watches to know it is no longer wanted. */
@@ -71,6 +77,7 @@ interface IWatch {
   source: { getSource(): string; changed: ISignal<any, any> } | null;
   head: string;
   tail: string;
+  shown: string; // the ghost text JupyterLab has now (what Tab would insert)
 }
 
 export class LlmMagicInlineProvider implements IInlineCompletionProvider {
@@ -154,17 +161,19 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
       return none;
     }
     const offset = Math.max(0, Math.min(request.offset, request.text.length));
-    this._running = {
+    const watch: IWatch = {
       stream,
       client,
       source: activeSource(context),
       head: request.text.slice(0, offset),
-      tail: request.text.slice(offset)
+      tail: request.text.slice(offset),
+      shown: ''
     };
-    this._running.source?.changed.connect(this._onEdit, this);
+    this._running = watch;
+    watch.source?.changed.connect(this._onEdit, this);
     await stream.first();
-    if (this._running?.stream !== stream && !stream.done) {
-      return none; // superseded while waiting for its first token
+    if (this._running !== watch) {
+      return none; // superseded or cancelled while waiting for its first text
     }
     if (stream.text.trim() === '') {
       this._finish(stream);
@@ -174,6 +183,7 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
       this._finish(stream);
       return { items: [{ insertText: stream.text }] };
     }
+    watch.shown = stream.text;
     return { items: [{ insertText: stream.text, isIncomplete: true, token: String(id) }] };
   }
 
@@ -183,14 +193,17 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
       return;
     }
     const stream = running.stream;
-    let shown = '';
     try {
-      while (!stream.done) {
-        await stream.next();
-        if (stream.text !== shown || stream.done) {
-          shown = stream.text;
-          yield { response: { insertText: shown, isIncomplete: !stream.done } };
+      for (;;) {
+        // text that came before this call or between two yields is shown now, not lost
+        if (stream.text !== running.shown || stream.done) {
+          running.shown = stream.text;
+          yield { response: { insertText: stream.text, isIncomplete: !stream.done } };
         }
+        if (stream.done) {
+          break;
+        }
+        await stream.next();
       }
     } finally {
       this._finish(stream);
@@ -222,10 +235,10 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
   }
 
   /** The cell changed while a completion streams: cancel it unless the user typed along the ghost text. */
-  private _onEdit(): void {
+  private _onEdit(_: unknown, change?: { sourceChange?: unknown }): void {
     const running = this._running;
-    if (!running || !running.source) {
-      return;
+    if (!running || !running.source || (change && typeof change === 'object' && !change.sourceChange)) {
+      return; // not an edit of the text (outputs, metadata, execution count)
     }
     const now = running.source.getSource();
     const { head, tail } = running;
@@ -233,7 +246,10 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
       now.length >= head.length + tail.length && now.startsWith(head) && now.endsWith(tail)
         ? now.slice(head.length, now.length - tail.length)
         : null;
-    if (typed === null || !running.stream.text.startsWith(typed) || typed.length === running.stream.text.length) {
+    if (typed === '') {
+      return; // the text is as it was when the completion was asked for
+    }
+    if (typed === null || !running.stream.text.startsWith(typed) || typed === running.shown) {
       // another edit, or the whole ghost text was accepted (Tab): nothing more is wanted
       this._stopRunning();
     }

@@ -68,6 +68,34 @@ describe('InlineClient', () => {
     assert.equal(kernel.comms.length, 2);
   });
 
+  it('opens a new comm at once after one that answered was closed (an unload or a reload)', async () => {
+    const kernel = new FakeKernel();
+    const client = new InlineClient(kernel as any);
+    const a = collect();
+    await client.request({ action: 'complete', id: 1 }, a.listener);
+    kernel.comms[0].reply(1, 'x');
+    kernel.comms[0].closeFromKernel(); // %unload_ext / %reload_ext closes the kernel's comms
+    assert.deepEqual(a.replies.at(-1), { id: 1, text: '', done: true });
+    assert.equal(await client.request({ action: 'complete', id: 2 }, collect().listener), true);
+    assert.equal(kernel.comms.length, 2);
+  });
+
+  it('asks again once a cell that loads llm_magic is done, even if a request came during it', async () => {
+    const kernel = new FakeKernel();
+    kernel.onOpen = comm => setTimeout(() => comm.closeFromKernel()); // no target (yet)
+    const client = new InlineClient(kernel as any);
+    kernel.executeInput('%reload_ext llm_magic', 'reload-cell');
+    await client.request({ action: 'complete', id: 1 }, collect().listener); // during the cell
+    await tick(5);
+    assert.equal(await client.request({ action: 'complete', id: 2 }, collect().listener), false); // quiet
+    kernel.onOpen = () => undefined; // the target is registered when the cell ends
+    kernel.idle('another-request');
+    assert.equal(await client.request({ action: 'complete', id: 3 }, collect().listener), false);
+    kernel.idle('reload-cell');
+    assert.equal(await client.request({ action: 'complete', id: 4 }, collect().listener), true);
+    assert.equal(kernel.comms.length, 2);
+  });
+
   it('ends requests quietly when the kernel restarts, then opens a new comm', async () => {
     const kernel = new FakeKernel();
     const client = new InlineClient(kernel as any);

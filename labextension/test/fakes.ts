@@ -75,8 +75,17 @@ export class FakeKernel {
     this.statusChanged.emit(status);
   }
 
-  executeInput(code: string): void {
-    this.iopubMessage.emit({ header: { msg_type: 'execute_input' }, content: { code } });
+  executeInput(code: string, msgId = 'cell-1'): void {
+    this.iopubMessage.emit({ header: { msg_type: 'execute_input' }, parent_header: { msg_id: msgId }, content: { code } });
+  }
+
+  /** The kernel is done with the request ``msgId`` (a cell). */
+  idle(msgId: string): void {
+    this.iopubMessage.emit({
+      header: { msg_type: 'status' },
+      parent_header: { msg_id: msgId },
+      content: { execution_state: 'idle' }
+    });
   }
 }
 
@@ -96,8 +105,9 @@ export class FakeCell {
         getSource: () => cell._source,
         setSource: (s: string) => {
           cell._source = s;
-          cell.changed.emit(undefined);
+          cell.changed.emit({ sourceChange: [{ insert: s }] });
         },
+        setOutputs: () => cell.changed.emit({ outputsChange: [] }), // a change that is not an edit
         changed: cell.changed
       }
     };

@@ -63,6 +63,34 @@ describe('LlmMagicInlineProvider', () => {
     assert.deepEqual(updates, ['\n    return x|true', '\n    return x * 2|true', '\n    return x * 2|false']);
   });
 
+  it('loses no text that comes between two steps of the stream, or before it starts', async () => {
+    const { kernel, requests, context, provider, request } = setup();
+    const fetched = provider.fetch(request, context);
+    const c = await comm(kernel);
+    const id = requests[0].id;
+    c.reply(id, 'return');
+    const item = (await fetched).items[0];
+    c.reply(id, ' x'); // before stream() is called
+    c.reply(id, ' * 2');
+    c.reply(id, '', true);
+    const updates: string[] = [];
+    for await (const { response } of provider.stream(item.token!)) {
+      updates.push(`${response.insertText}|${response.isIncomplete}`);
+    }
+    assert.deepEqual(updates, ['return x * 2|false']);
+  });
+
+  it('ignores changes of the cell that are not edits (outputs, metadata)', async () => {
+    const { kernel, requests, cells, context, provider, request } = setup('x = ');
+    const fetched = provider.fetch(request, context);
+    const c = await comm(kernel);
+    (cells[1].model.sharedModel as any).setOutputs(); // before the first token
+    c.reply(requests[0].id, 'math.pi');
+    await fetched;
+    (cells[1].model.sharedModel as any).setOutputs();
+    assert.equal(requests.length, 1); // nothing cancelled
+  });
+
   it('gives no items for an empty answer, a kernel without llm_magic, or no kernel', async () => {
     const s = setup();
     const fetched = s.provider.fetch(s.request, s.context);

@@ -91,6 +91,18 @@ def complete(magics: AskMagics, rest: str) -> None:
         magics.inline_completion = words[0] == "on"
     model = magics.completion_model or "the default model"
     print(f"inline completions are {'on' if magics.inline_completion else 'off'} ({model})")
+    if words == ["on"]:  # typing never loads a model: load it now, so the first keystroke finds it warm
+        from ..errors import LLMMagicError
+        from ..specs import resolve
+
+        try:
+            spec = resolve(magics.completion_model or None)
+            if spec.remote:
+                print(f"{spec.display_name} is a remote model: completions need a local one")
+            else:
+                runtime.get().cache.load(spec, replace=False)
+        except LLMMagicError as e:
+            print(f"cannot load {model}: {e}")
 
 
 @command("help", "this list")

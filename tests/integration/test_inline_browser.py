@@ -96,6 +96,9 @@ def _wait_ghost(page, expect) -> str:
 
 
 def _drive(page, lab: Lab, expect) -> None:
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     open_notebook(page, lab, "inline.ipynb")
 
     # 1. llm_magic not loaded: typing gives no ghost text and no dialog
@@ -153,3 +156,5 @@ def _drive(page, lab: Lab, expect) -> None:
     page.evaluate(f"() => {NOTEBOOK}.sessionContext.session.kernel.interrupt()")
     page.wait_for_function(KERNEL_IDLE, timeout=30_000)
     assert page.locator(".jp-Dialog").count() == 0
+    ours = [e for e in errors if "llm" in e.lower() or "inline" in e.lower()]
+    assert not ours, ours  # the provider never failed, before or after llm_magic was loaded

@@ -4,6 +4,7 @@ done, and (ipykernel >= 7) completions served on a subshell while a cell runs on
 
 from __future__ import annotations
 
+import ast
 import os
 import queue
 import time
@@ -101,6 +102,19 @@ _inline._reply = _slow_reply
 """
 
 
+def _reasons(kc) -> dict[int, str]:
+    """How each request of the kernel's open comms ended (``InlineServer.outcomes``)."""
+    out: list[dict] = []
+    kc.execute_interactive(
+        "from llm_magic.ipython import inline_comm as _ic\n"
+        "print({o.id: o.reason for c in _ic._comms for o in c.server.outcomes})",
+        output_hook=out.append,
+        timeout=30,
+    )
+    [text] = [m["content"]["text"] for m in out if m["msg_type"] == "stream"]
+    return ast.literal_eval(text.strip())
+
+
 def _assert_stream(replies: list[dict]) -> None:
     assert replies and replies[-1]["done"] is True
     assert all(r["done"] is False for r in replies[:-1]) and all(set(r) == {"id", "text", "done"} for r in replies)
@@ -131,6 +145,8 @@ def test_the_comm_protocol_idle(kernel):
     cancelled = client.wait_done(4)
     _assert_stream(cancelled)
     assert len(cancelled) < 256
+    reasons = _reasons(kc)
+    assert reasons[2] == "cancelled" and reasons[4] == "cancelled", reasons  # stopped, not finished
     # bad input: a quiet done each, and the kernel still answers
     for bad in (None, "complete", {"action": "explode", "id": 5}, {"action": "complete", "id": 6, "prefix": 1}):
         client.send(bad)
@@ -199,11 +215,18 @@ def test_a_cell_started_mid_completion_does_not_capture_the_comm(kernel):
     client.open()
     client.send({"action": "complete", "id": 1, "prefix": "Once upon a time", "max_tokens": 64, "mode": "none"})
     client.wait_text(1, timeout=30)  # the completion streams (10 ms a reply) ...
-    kc.execute("import time; time.sleep(10)")  # ... when the main shell starts a long cell
+    kc.execute("import time; time.sleep(15)")  # ... when the main shell starts a long cell
     cell_started = time.monotonic()
     _assert_stream(client.wait_done(1, timeout=30))
     assert len(client.of(1)) > 2
     for rid in (2, 3):  # later requests are still served on the subshell while the cell runs
         client.send({"action": "complete", "id": rid, "prefix": "Once upon a", "max_tokens": 4, "mode": "none"})
         _assert_stream(client.wait_done(rid, timeout=30))
-    assert time.monotonic() - cell_started < 7.0, "a later request waited for the running cell"
+    # and cancellation works there too, while the cell still runs
+    client.send({**LONG, "id": 4})
+    client.wait_text(4)
+    client.send({"action": "cancel", "id": 4})
+    cancelled = client.wait_done(4)
+    _assert_stream(cancelled)
+    assert len(cancelled) < 100
+    assert time.monotonic() - cell_started < 12.0, "a later request waited for the running cell"
