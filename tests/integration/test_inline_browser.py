@@ -3,8 +3,8 @@ headless Chromium driven by Playwright, the default model (Gemma 3 270M) in the 
 
 Before llm_magic is loaded the provider is silent: typing gives no ghost text and no dialog. After
 ``%load_ext llm_magic``: typing code in a cell shows ghost text from our provider, Tab accepts it into
-the cell, Escape dismisses it (the cell keeps what was typed), and it still comes while another cell
-runs (the comm is served on a kernel subshell).
+the cell, Escape dismisses it (the cell keeps what was typed), it still comes while another cell
+runs (the comm is served on a kernel subshell), and a console on the same kernel gets it too.
 """
 
 from __future__ import annotations
@@ -156,5 +156,16 @@ def _drive(page, lab: Lab, expect) -> None:
     page.evaluate(f"() => {NOTEBOOK}.sessionContext.session.kernel.interrupt()")
     page.wait_for_function(KERNEL_IDLE, timeout=30_000)
     assert page.locator(".jp-Dialog").count() == 0
+
+    # 5. a console on the same kernel gets ghost text too
+    page.evaluate("async () => { await window.jupyterapp.commands.execute('notebook:create-console'); }")
+    prompt = page.locator(".jp-CodeConsole-promptCell .cm-content")
+    expect(prompt).to_be_visible(timeout=30_000)
+    prompt.click()
+    page.keyboard.type("def volume_of_sphere(radius):", delay=30)
+    _wait_ghost(page, expect)
+    page.keyboard.press("Tab")
+    expect(page.locator(GHOST)).to_have_count(0, timeout=10_000)
+    assert "return" in prompt.inner_text(), prompt.inner_text()
     ours = [e for e in errors if "llm" in e.lower() or "inline" in e.lower()]
     assert not ours, ours  # the provider never failed, before or after llm_magic was loaded
