@@ -105,6 +105,7 @@ class _Job:
     request: Request
     send: Send = field(default=lambda data: None)  # where its replies go (the comm, in its context)
     stopped: threading.Event = field(default_factory=threading.Event)
+    gives_way = True  # ModelQueue.others_waiting: another completion does not make this one stop
 
     def stop(self, reason: str = "cancelled") -> None:
         self.stopped.set()

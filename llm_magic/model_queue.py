@@ -111,10 +111,13 @@ class ModelQueue:
 
     def others_waiting(self, user: QueueUser) -> bool:
         """Whether a request other than ``user`` has joined this model without holding a slot (it
-        waits, or is about to): a request that gives way (an inline completion) stops then."""
+        waits, or is about to): a request that gives way (an inline completion) stops then. Requests
+        that give way themselves (``gives_way`` true) do not count: two never stop each other."""
         with self._lock:
             holding = {id(u) for u in (r() for r in self._holders) if u is not None}
-            return any(u is not user and id(u) not in holding for u in self._users)
+            return any(
+                u is not user and id(u) not in holding and not getattr(u, "gives_way", False) for u in self._users
+            )
 
     def holders(self) -> list[QueueUser]:
         with self._lock:

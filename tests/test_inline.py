@@ -383,3 +383,20 @@ def test_a_completion_model_of_its_own_preloads_on_load_ext(shell, use_model, ti
     shell.run_line_magic("load_ext", "llm_magic")
     paths = sorted(e.spec.path for e in runtime.get().cache.entries())
     assert paths == sorted([use_model, tiny_model_b])  # the default model and the completion model
+
+
+def test_two_comms_do_not_stop_each_other(tiny_model):
+    """Two frontends on one kernel: a completion does not give way to the other's completion (it
+    gives way to asks only), so one of them gets its text instead of both getting nothing."""
+    loaded(tiny_model)
+    a_rec, b_rec = Recorder(delay=0.01), Recorder()
+    a, b = InlineServer(a_rec.send), InlineServer(b_rec.send)
+    a.handle({"action": "complete", "id": 1, "prefix": "Once upon a time", "max_tokens": 60, "mode": "none"})
+    deadline = time.monotonic() + 30
+    while not a_rec.of(1) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    b.handle({"action": "complete", "id": 2, "prefix": "x = ", "max_tokens": 4, "mode": "none"})
+    a_rec.wait(1)
+    b_rec.wait(2)
+    assert a.outcomes[-1].reason == "length" and a.outcomes[-1].n_tokens == 60, a.outcomes
+    assert b.outcomes[-1].reason == "busy", b.outcomes

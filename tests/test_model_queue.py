@@ -225,4 +225,9 @@ def test_others_waiting_sees_a_request_that_joined_without_a_slot():
     assert q.others_waiting(holder) and q.others_waiting(waiter) is False
     q.leave(waiter)
     assert not q.others_waiting(holder)
+    other_completion = User()
+    other_completion.gives_way = True  # another inline completion: it does not make the holder stop
+    q.join(other_completion)
+    assert not q.others_waiting(holder)
+    q.leave(other_completion)
     q.release(holder)
