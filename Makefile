@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lint format lab bench soak install clean-venv llama-tools labextension labextension-check
+.PHONY: demo test lint format lab bench soak install clean-venv llama-tools labextension labextension-locked labextension-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,12 +57,15 @@ format: $(VENV)/.installed-dev
 # at the lockfile's versions) into llm_magic/labextension/, which is committed and shipped in the wheel.
 # The build runs in a fixed directory: the builder names the exposed module by its absolute path,
 # so a build elsewhere would differ in one module id (and the check would fail in another clone).
+# One build at a time (flock): two clones building at once would mix their files.
 LABEXT_STAGE = /tmp/llm_magic-labextension
-LABEXT_SOURCES = src test package.json package-lock.json tsconfig.json tsconfig.test.json install.json
 labextension: $(VENV)/.installed-labext
-	mkdir -p $(LABEXT_STAGE)/labextension
-	cd $(LABEXT_STAGE)/labextension && rm -rf $(LABEXT_SOURCES) lib build-test tsconfig.tsbuildinfo ../llm_magic
-	cd labextension && cp -r $(LABEXT_SOURCES) $(LABEXT_STAGE)/labextension/
+	flock $(LABEXT_STAGE).lock $(MAKE) --no-print-directory labextension-locked
+
+labextension-locked:
+	rm -rf $(LABEXT_STAGE)/labextension $(LABEXT_STAGE)/llm_magic && mkdir -p $(LABEXT_STAGE)/labextension
+	tar -C labextension --exclude=./node_modules --exclude=./lib --exclude=./build-test \
+		--exclude=./tsconfig.tsbuildinfo -cf - . | tar -C $(LABEXT_STAGE)/labextension -xf -
 	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
 	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jupyter-builder build .
@@ -71,8 +74,9 @@ labextension: $(VENV)/.installed-labext
 	cp labextension/install.json llm_magic/labextension/install.json
 
 # CI: the committed build is what the sources build to
-labextension-check: labextension
+labextension-check:
 	@git rev-parse --is-inside-work-tree >/dev/null || { echo "labextension-check compares with git: run it in a clone"; exit 1; }
+	$(MAKE) --no-print-directory labextension
 	@if [ -n "$$(git status --porcelain -- llm_magic/labextension)" ]; then \
 		git status --short -- llm_magic/labextension; \
 		echo "llm_magic/labextension is not what labextension/ builds to: run 'make labextension' and commit it"; exit 1; \

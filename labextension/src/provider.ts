@@ -77,7 +77,8 @@ interface IWatch {
   source: { getSource(): string; changed: ISignal<any, any> } | null;
   head: string;
   tail: string;
-  shown: string; // the ghost text JupyterLab has now (what Tab would insert)
+  shown: string; // the text streamed so far that JupyterLab was given (from the request's cursor)
+  typed: string; // what the user typed along it since: JupyterLab shows the rest
 }
 
 export class LlmMagicInlineProvider implements IInlineCompletionProvider {
@@ -131,6 +132,18 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
     request: CompletionHandler.IRequest,
     context: IInlineCompletionContext
   ): Promise<IInlineCompletionList<IInlineCompletionItem>> {
+    try {
+      return await this._fetch(request, context);
+    } catch (e) {
+      console.error('llm_magic: inline completion failed', e); // never a dialog: no ghost text
+      return { items: [] };
+    }
+  }
+
+  private async _fetch(
+    request: CompletionHandler.IRequest,
+    context: IInlineCompletionContext
+  ): Promise<IInlineCompletionList<IInlineCompletionItem>> {
     const none = { items: [] };
     this._stopRunning();
     const kernel = context.session?.kernel;
@@ -167,7 +180,8 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
       source: activeSource(context),
       head: request.text.slice(0, offset),
       tail: request.text.slice(offset),
-      shown: ''
+      shown: '',
+      typed: ''
     };
     this._running = watch;
     watch.source?.changed.connect(this._onEdit, this);
@@ -195,10 +209,14 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
     const stream = running.stream;
     try {
       for (;;) {
-        // text that came before this call or between two yields is shown now, not lost
+        if (this._running !== running) {
+          return undefined; // stopped or superseded: its last replies are not worth showing
+        }
+        // text that came before this call or between two yields is shown now, not lost; what the
+        // user typed along it is no longer ghost text (JupyterLab took it off the suggestion)
         if (stream.text !== running.shown || stream.done) {
           running.shown = stream.text;
-          yield { response: { insertText: stream.text, isIncomplete: !stream.done } };
+          yield { response: { insertText: stream.text.slice(running.typed.length), isIncomplete: !stream.done } };
         }
         if (stream.done) {
           break;
@@ -247,11 +265,14 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
         ? now.slice(head.length, now.length - tail.length)
         : null;
     if (typed === '') {
+      running.typed = '';
       return; // the text is as it was when the completion was asked for
     }
     if (typed === null || !running.stream.text.startsWith(typed) || typed === running.shown) {
       // another edit, or the whole ghost text was accepted (Tab): nothing more is wanted
       this._stopRunning();
+    } else {
+      running.typed = typed; // typed along the ghost text: the rest stays
     }
   }
 

@@ -107,7 +107,6 @@ export class FakeCell {
           cell._source = s;
           cell.changed.emit({ sourceChange: [{ insert: s }] });
         },
-        setOutputs: () => cell.changed.emit({ outputsChange: [] }), // a change that is not an edit
         changed: cell.changed
       }
     };

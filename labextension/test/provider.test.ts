@@ -80,15 +80,58 @@ describe('LlmMagicInlineProvider', () => {
     assert.deepEqual(updates, ['return x * 2|false']);
   });
 
-  it('ignores changes of the cell that are not edits (outputs, metadata)', async () => {
+  it('after typing along the ghost text, the stream shows only the rest of it', async () => {
     const { kernel, requests, cells, context, provider, request } = setup('x = ');
     const fetched = provider.fetch(request, context);
     const c = await comm(kernel);
-    (cells[1].model.sharedModel as any).setOutputs(); // before the first token
-    c.reply(requests[0].id, 'math.pi');
-    await fetched;
-    (cells[1].model.sharedModel as any).setOutputs();
-    assert.equal(requests.length, 1); // nothing cancelled
+    const id = requests[0].id;
+    c.reply(id, 'math');
+    const item = (await fetched).items[0];
+    cells[1].model.sharedModel.setSource('x = ma'); // JupyterLab now shows 'th'
+    c.reply(id, '.pi');
+    c.reply(id, '', true);
+    const updates: string[] = [];
+    for await (const { response } of provider.stream(item.token!)) {
+      updates.push(response.insertText);
+    }
+    assert.deepEqual(updates, ['th.pi']);
+    assert.equal(requests.length, 1); // typing along cancelled nothing
+  });
+
+  it('Tab accepting what is shown ends the completion, though more text came since', async () => {
+    const { kernel, requests, cells, context, provider, request } = setup('x = ');
+    const fetched = provider.fetch(request, context);
+    const c = await comm(kernel);
+    const id = requests[0].id;
+    c.reply(id, 'math');
+    const item = (await fetched).items[0];
+    const gen = provider.stream(item.token!);
+    const step = gen.next();
+    c.reply(id, '.pi');
+    assert.equal((await step).value?.response.insertText, 'math.pi'); // shown now
+    c.reply(id, ' * 2'); // arrives while JupyterLab still shows 'math.pi'
+    cells[1].model.sharedModel.setSource('x = math.pi'); // Tab
+    assert.deepEqual(requests[1], { action: 'cancel', id });
+    c.reply(id, '', true);
+    assert.equal((await gen.next()).done, true); // and nothing more is shown
+  });
+
+  it('a superseded stream shows nothing more', async () => {
+    const { kernel, requests, context, provider, request } = setup();
+    const fetched = provider.fetch(request, context);
+    const c = await comm(kernel);
+    const id1 = requests[0].id;
+    c.reply(id1, 'return');
+    const item = (await fetched).items[0];
+    const gen = provider.stream(item.token!);
+    const step = gen.next();
+    const second = provider.fetch({ text: request.text + 'x', offset: request.offset + 1 }, context);
+    await tick();
+    c.reply(id1, ' x');
+    c.reply(id1, '', true);
+    assert.equal((await step).done, true);
+    c.reply(requests[2].id, '', true);
+    await second;
   });
 
   it('gives no items for an empty answer, a kernel without llm_magic, or no kernel', async () => {

@@ -97,7 +97,7 @@ def _wait_ghost(page, expect) -> str:
 
 def _drive(page, lab: Lab, expect) -> None:
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     open_notebook(page, lab, "inline.ipynb")
 
@@ -167,5 +167,7 @@ def _drive(page, lab: Lab, expect) -> None:
     page.keyboard.press("Tab")
     expect(page.locator(GHOST)).to_have_count(0, timeout=10_000)
     assert "return" in prompt.inner_text(), prompt.inner_text()
+    # the provider never failed (it logs "llm_magic: inline completion failed"), before or after
+    # llm_magic was loaded; nor did JupyterLab's inline completer (it warns what a provider throws)
     ours = [e for e in errors if "llm" in e.lower() or "inline" in e.lower()]
-    assert not ours, ours  # the provider never failed, before or after llm_magic was loaded
+    assert not ours, ours

@@ -5,6 +5,7 @@ the TypeScript and fails when the committed build differs.)"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -148,29 +149,41 @@ STAGE = Path("/tmp/llm_magic-labextension/labextension")  # the Makefile's LABEX
 def test_typescript_unit_tests():
     """The extension's own tests (labextension/test/, node's test runner on fakes of JupyterLab's
     kernel and cells): prefix trimming, modes, the comm client, the provider's streaming and
-    cancelling. They run with the packages `make labextension` installed in its build directory,
-    on this checkout's sources."""
+    cancelling. They run on this checkout's sources with the packages `make labextension`
+    installed in its build directory (under the build's lock)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     npm = shutil.which("npm", path=path)
-    if npm is None or not (STAGE / "node_modules" / "typescript").is_dir():
-        reason = f"npm or {STAGE}/node_modules is missing (make labextension installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI runs make labextension-check first")
-        pytest.skip(reason)
-    for name in ("src", "test"):
-        shutil.rmtree(STAGE / name, ignore_errors=True)
-        shutil.copytree(SOURCE / name, STAGE / name)
-    for name in ("package.json", "tsconfig.json", "tsconfig.test.json"):
-        shutil.copy2(SOURCE / name, STAGE / name)
-    out = subprocess.run(
-        [npm, "test", "--silent"],
-        cwd=STAGE,
-        env={**os.environ, "PATH": path},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    lock_file = STAGE.parent.with_suffix(".lock")
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ready = (STAGE / "node_modules" / "typescript").is_dir() and (STAGE / "package-lock.json").is_file()
+        if (
+            npm is None
+            or not ready
+            or (STAGE / "package-lock.json").read_bytes() != (SOURCE / "package-lock.json").read_bytes()
+        ):
+            reason = (
+                f"npm, or {STAGE}/node_modules for this package-lock.json, is missing (make labextension installs them)"
+            )
+            if os.environ.get("CI"):
+                pytest.fail(f"{reason}; CI runs make labextension-check first")
+            pytest.skip(reason)
+        for name in ("src", "test", "build-test"):
+            shutil.rmtree(STAGE / name, ignore_errors=True)
+        for name in ("src", "test"):
+            shutil.copytree(SOURCE / name, STAGE / name)
+        for name in ("package.json", "tsconfig.json", "tsconfig.test.json"):
+            shutil.copy2(SOURCE / name, STAGE / name)
+        out = subprocess.run(
+            [npm, "test", "--silent"],
+            cwd=STAGE,
+            env={**os.environ, "PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     passed = re.search(r"^ℹ pass (\d+)$", out.stdout, re.M)
     failed = re.search(r"^ℹ fail (\d+)$", out.stdout, re.M)
-    assert passed and failed and int(passed.group(1)) >= 25 and failed.group(1) == "0", out.stdout[-2000:]
+    n_tests = sum(f.read_text().count("\n  it(") for f in (SOURCE / "test").glob("*.test.ts"))
+    assert passed and failed and int(passed.group(1)) == n_tests and failed.group(1) == "0", out.stdout[-2000:]
