@@ -59,6 +59,8 @@ format: $(VENV)/.installed-dev
 # so a build elsewhere would differ in one module id (and the check would fail in another clone).
 # One build at a time (flock): two clones building at once would mix their files.
 LABEXT_STAGE = /tmp/llm_magic-labextension
+# node, npm, npx and jupyter-builder from the venv
+WITH_NODE = PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 labextension: $(VENV)/.installed-labext
 	flock $(LABEXT_STAGE).lock $(MAKE) --no-print-directory labextension-locked
 
@@ -66,10 +68,10 @@ labextension-locked:
 	rm -rf $(LABEXT_STAGE)/labextension $(LABEXT_STAGE)/llm_magic && mkdir -p $(LABEXT_STAGE)/labextension
 	tar -C labextension --exclude=./node_modules --exclude=./lib --exclude=./build-test \
 		--exclude=./tsconfig.tsbuildinfo -cf - . | tar -C $(LABEXT_STAGE)/labextension -xf -
-	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --no-audit --no-fund --loglevel=error
-	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx tsc && \
-		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jupyter-builder build .
-	cd $(LABEXT_STAGE)/labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm test --silent
+	cd $(LABEXT_STAGE)/labextension && $(WITH_NODE) npm ci --no-audit --no-fund --loglevel=error
+	cd $(LABEXT_STAGE)/labextension && $(WITH_NODE) npx tsc && \
+		$(WITH_NODE) jupyter-builder build .
+	cd $(LABEXT_STAGE)/labextension && $(WITH_NODE) npm test --silent
 	rm -rf llm_magic/labextension && cp -r $(LABEXT_STAGE)/llm_magic/labextension llm_magic/labextension
 	cp labextension/install.json llm_magic/labextension/install.json
 

@@ -18,6 +18,7 @@ from tiny_gguf import write_tiny_model
 
 QWEN_FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 STARCODER_FIM = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+LONG = {"action": "complete", "prefix": "Once upon a time", "max_tokens": 256, "mode": "none"}  # runs a while
 CODE = "import numpy as np\n\ndef mean(xs):\n    return np.mean(xs)\n\nprint(mean([1, 2, 3]))\n"
 
 
@@ -68,6 +69,13 @@ class Recorder:
             time.sleep(0.005)
         assert self.done[rid].wait(max(0.0, deadline - time.monotonic())), f"no done for {rid}"
         return self.of(rid)
+
+    def wait_text(self, rid: object, timeout: float = 30) -> None:
+        """Until the request's first reply (it is running)."""
+        deadline = time.monotonic() + timeout
+        while not self.of(rid):
+            assert time.monotonic() < deadline, f"no reply for {rid}"
+            time.sleep(0.005)
 
     def of(self, rid: object) -> list[dict]:
         with self.lock:
@@ -306,18 +314,15 @@ def test_a_newer_request_and_a_cancel_stop_the_running_one(tiny_model):
     loaded(tiny_model)
     rec = Recorder(delay=0.01)
     server = InlineServer(rec.send)
-    long = {"action": "complete", "prefix": "Once upon a time", "max_tokens": 256, "mode": "none"}
-    server.handle({**long, "id": 1})
-    while not rec.of(1):
-        time.sleep(0.005)
-    server.handle({**long, "id": 2, "max_tokens": 3})
+    server.handle({**LONG, "id": 1})
+    rec.wait_text(1)
+    server.handle({**LONG, "id": 2, "max_tokens": 3})
     first, second = rec.wait(1), rec.wait(2)
     assert first[-1]["done"] and len(first) < 50  # stopped within a token or so, not 256
     assert server.outcomes[0].reason == "cancelled"
     assert second[-1]["done"] and len(second) >= 2 and server.outcomes[1].reason == "length"
-    server.handle({**long, "id": 3})
-    while not rec.of(3):
-        time.sleep(0.005)
+    server.handle({**LONG, "id": 3})
+    rec.wait_text(3)
     server.handle({"action": "cancel", "id": 3})
     assert len(rec.wait(3)) < 50 and server.outcomes[-1].reason == "cancelled"
 
@@ -326,12 +331,10 @@ def test_stale_requests_are_dropped(tiny_model):
     loaded(tiny_model)
     rec = Recorder(delay=0.01)
     server = InlineServer(rec.send)
-    long = {"action": "complete", "prefix": "Once upon a time", "max_tokens": 256, "mode": "none"}
-    server.handle({**long, "id": 1})
-    while not rec.of(1):
-        time.sleep(0.005)
+    server.handle({**LONG, "id": 1})
+    rec.wait_text(1)
     for rid in range(2, 6):  # keystrokes faster than a token: only the last one runs
-        server.handle({**long, "id": rid, "max_tokens": 2})
+        server.handle({**LONG, "id": rid, "max_tokens": 2})
     assert all(rec.wait(rid)[-1]["done"] for rid in range(1, 6))
     reasons = {o.id: o.reason for o in server.outcomes}
     assert reasons[5] == "length" and {reasons[r] for r in (2, 3, 4)} <= {"dropped", "cancelled"}
@@ -391,10 +394,8 @@ def test_two_comms_do_not_stop_each_other(tiny_model):
     loaded(tiny_model)
     a_rec, b_rec = Recorder(delay=0.01), Recorder()
     a, b = InlineServer(a_rec.send), InlineServer(b_rec.send)
-    a.handle({"action": "complete", "id": 1, "prefix": "Once upon a time", "max_tokens": 60, "mode": "none"})
-    deadline = time.monotonic() + 30
-    while not a_rec.of(1) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    a.handle({**LONG, "id": 1, "max_tokens": 60})
+    a_rec.wait_text(1)
     b.handle({"action": "complete", "id": 2, "prefix": "x = ", "max_tokens": 4, "mode": "none"})
     a_rec.wait(1)
     b_rec.wait(2)

@@ -1,8 +1,10 @@
 // What a completion request sends: the preceding cells plus the text before the cursor as
 // `prefix`, the rest of the cell as `suffix`, trimmed to a budget in stable steps so that the
 // kernel's cached prefix survives a keystroke, and whether to stop at the end of the line or block.
+// The one place that knows the shape of JupyterLab's notebook and console widgets.
 
 import type { CompletionHandler } from '@jupyterlab/completer';
+import type { ISignal } from '@lumino/signaling';
 import type { Widget } from '@lumino/widgets';
 
 export type Mode = 'line' | 'block';
@@ -13,9 +15,21 @@ export interface IPrompt {
   mode: Mode;
 }
 
-/** The text of a cell, as JupyterLab's cell widgets hold it. */
+/** A cell's shared model: its text, and a signal on every change. */
+export interface ISource {
+  getSource(): string;
+  changed: ISignal<any, any>;
+}
+
+/** What the extension reads of a cell widget. */
 interface ICellLike {
-  model: { type: string; sharedModel: { getSource(): string } };
+  model: { type: string; sharedModel: ISource };
+}
+
+/** What it reads of a notebook panel (`content`) or a console panel (`console`). */
+interface IPanelLike {
+  content?: { widgets?: ReadonlyArray<ICellLike>; activeCellIndex?: number; activeCell?: ICellLike | null };
+  console?: { cells?: { length: number; get(i: number): ICellLike }; promptCell?: ICellLike | null };
 }
 
 const CELL_SEPARATOR = '\n\n';
@@ -26,10 +40,7 @@ export function precedingCells(widget: Widget | undefined): string[] | null {
   if (!widget) {
     return null;
   }
-  const w = widget as unknown as {
-    content?: { widgets?: ReadonlyArray<ICellLike>; activeCellIndex?: number; activeCell?: ICellLike | null };
-    console?: { cells?: { length: number; get(i: number): ICellLike }; promptCell?: ICellLike | null };
-  };
+  const w = widget as unknown as IPanelLike;
   const sources = (cells: Iterable<ICellLike>) => {
     const out: string[] = [];
     for (const cell of cells) {
@@ -55,6 +66,13 @@ export function precedingCells(widget: Widget | undefined): string[] | null {
     return sources(executed);
   }
   return null;
+}
+
+/** The shared model of the cell being completed: the notebook's active cell or the console's prompt. */
+export function activeSource(widget: Widget | undefined): ISource | null {
+  const w = (widget ?? {}) as unknown as IPanelLike;
+  const cell = w.content?.activeCell ?? w.console?.promptCell ?? null;
+  return cell?.model.sharedModel ?? null;
 }
 
 /**

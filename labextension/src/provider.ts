@@ -12,10 +12,9 @@ import type {
 } from '@jupyterlab/completer';
 import type { Kernel } from '@jupyterlab/services';
 import type { ISettingRegistry } from '@jupyterlab/settingregistry';
-import type { ISignal } from '@lumino/signaling';
 
 import { InlineClient, type IReply } from './client';
-import { buildPrompt, precedingCells, type Mode } from './context';
+import { activeSource, buildPrompt, precedingCells, type ISource, type Mode } from './context';
 
 export const PROVIDER_ID = '@llm-magic/inline';
 
@@ -74,7 +73,7 @@ class Stream {
 interface IWatch {
   stream: Stream;
   client: InlineClient;
-  source: { getSource(): string; changed: ISignal<any, any> } | null;
+  source: ISource | null; // the cell's text: its edits may cancel the completion
   head: string;
   tail: string;
   shown: string; // the text streamed so far that JupyterLab was given (from the request's cursor)
@@ -177,7 +176,7 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
     const watch: IWatch = {
       stream,
       client,
-      source: activeSource(context),
+      source: activeSource(context.widget),
       head: request.text.slice(0, offset),
       tail: request.text.slice(offset),
       shown: '',
@@ -300,14 +299,4 @@ export class LlmMagicInlineProvider implements IInlineCompletionProvider {
   private _running: IWatch | null = null;
   // increasing across page reloads, so a kernel never sees an id go back
   private _nextId = Date.now();
-}
-
-/** The shared model of the cell being completed (its edits cancel a completion that is left behind). */
-function activeSource(context: IInlineCompletionContext): IWatch['source'] {
-  const w = context.widget as unknown as {
-    content?: { activeCell?: { model: { sharedModel: IWatch['source'] } } | null };
-    console?: { promptCell?: { model: { sharedModel: IWatch['source'] } } | null };
-  };
-  const cell = w.content?.activeCell ?? w.console?.promptCell ?? null;
-  return cell?.model.sharedModel ?? null;
 }

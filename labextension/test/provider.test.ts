@@ -25,6 +25,16 @@ async function comm(kernel: FakeKernel) {
   return kernel.comms[0];
 }
 
+/** A fetch whose first reply is ``first``: the comm, the request's id and the item JupyterLab gets. */
+async function fetchShowing(s: ReturnType<typeof setup>, first: string) {
+  const fetched = s.provider.fetch(s.request, s.context);
+  const c = await comm(s.kernel);
+  const id = s.requests[0].id;
+  c.reply(id, first);
+  const item = (await fetched).items[0];
+  return { c, id, item };
+}
+
 describe('LlmMagicInlineProvider', () => {
   it('sends the prefix, suffix and mode, shows the first visible text, then streams the rest', async () => {
     const { kernel, requests, context, provider, request } = setup();
@@ -64,12 +74,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('loses no text that comes between two steps of the stream, or before it starts', async () => {
-    const { kernel, requests, context, provider, request } = setup();
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id = requests[0].id;
-    c.reply(id, 'return');
-    const item = (await fetched).items[0];
+    const s = setup();
+    const { provider } = s;
+    const { c, id, item } = await fetchShowing(s, 'return');
     c.reply(id, ' x'); // before stream() is called
     c.reply(id, ' * 2');
     c.reply(id, '', true);
@@ -81,12 +88,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('after typing along the ghost text, the stream shows only the rest of it', async () => {
-    const { kernel, requests, cells, context, provider, request } = setup('x = ');
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id = requests[0].id;
-    c.reply(id, 'math');
-    const item = (await fetched).items[0];
+    const s = setup('x = ');
+    const { requests, cells, provider } = s;
+    const { c, id, item } = await fetchShowing(s, 'math');
     cells[1].model.sharedModel.setSource('x = ma'); // JupyterLab now shows 'th'
     c.reply(id, '.pi');
     c.reply(id, '', true);
@@ -99,12 +103,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('Tab accepting what is shown ends the completion, though more text came since', async () => {
-    const { kernel, requests, cells, context, provider, request } = setup('x = ');
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id = requests[0].id;
-    c.reply(id, 'math');
-    const item = (await fetched).items[0];
+    const s = setup('x = ');
+    const { requests, cells, provider } = s;
+    const { c, id, item } = await fetchShowing(s, 'math');
     const gen = provider.stream(item.token!);
     const step = gen.next();
     c.reply(id, '.pi');
@@ -117,12 +118,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('a superseded stream shows nothing more', async () => {
-    const { kernel, requests, context, provider, request } = setup();
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id1 = requests[0].id;
-    c.reply(id1, 'return');
-    const item = (await fetched).items[0];
+    const s = setup();
+    const { requests, context, provider, request } = s;
+    const { c, id: id1, item } = await fetchShowing(s, 'return');
     const gen = provider.stream(item.token!);
     const step = gen.next();
     const second = provider.fetch({ text: request.text + 'x', offset: request.offset + 1 }, context);
@@ -165,12 +163,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('a newer fetch cancels the running completion', async () => {
-    const { kernel, requests, context, provider, request } = setup();
-    const first = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id1 = requests[0].id;
-    c.reply(id1, 'return');
-    await first;
+    const s = setup();
+    const { requests, context, provider, request } = s;
+    const { c, id: id1 } = await fetchShowing(s, 'return');
     const second = provider.fetch({ text: request.text + ' ', offset: request.offset + 1 }, context);
     await tick();
     assert.deepEqual(requests[1], { action: 'cancel', id: id1 });
@@ -183,12 +178,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('typing along the ghost text keeps it; any other edit cancels it', async () => {
-    const { kernel, requests, cells, context, provider, request } = setup('x = ');
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id = requests[0].id;
-    c.reply(id, 'math.pi');
-    await fetched;
+    const s = setup('x = ');
+    const { requests, cells } = s;
+    const { id } = await fetchShowing(s, 'math.pi');
     cells[1].model.sharedModel.setSource('x = ma'); // along the ghost text
     assert.equal(requests.length, 1);
     cells[1].model.sharedModel.setSource('x = mb'); // something else
@@ -196,12 +188,9 @@ describe('LlmMagicInlineProvider', () => {
   });
 
   it('accepting the whole ghost text ends the completion', async () => {
-    const { kernel, requests, cells, context, provider, request } = setup('x = ');
-    const fetched = provider.fetch(request, context);
-    const c = await comm(kernel);
-    const id = requests[0].id;
-    c.reply(id, 'math.pi');
-    await fetched;
+    const s = setup('x = ');
+    const { requests, cells } = s;
+    const { id } = await fetchShowing(s, 'math.pi');
     cells[1].model.sharedModel.setSource('x = math.pi'); // Tab
     assert.deepEqual(requests[1], { action: 'cancel', id });
   });

@@ -115,6 +115,16 @@ def _reasons(kc) -> dict[int, str]:
     return ast.literal_eval(text.strip())
 
 
+def _cancel_mid_stream(client: Client, rid: int) -> list[dict]:
+    """A long request, cancelled once it streams: its replies, checked to end in one done."""
+    client.send({**LONG, "id": rid})
+    client.wait_text(rid)
+    client.send({"action": "cancel", "id": rid})
+    replies = client.wait_done(rid)
+    _assert_stream(replies)
+    return replies
+
+
 def _assert_stream(replies: list[dict]) -> None:
     assert replies and replies[-1]["done"] is True
     assert all(r["done"] is False for r in replies[:-1]) and all(set(r) == {"id", "text", "done"} for r in replies)
@@ -139,11 +149,7 @@ def test_the_comm_protocol_idle(kernel):
     _assert_stream(first)
     _assert_stream(second)
     assert len(first) < 256 and len(second) >= 2
-    client.send({**LONG, "id": 4})
-    client.wait_text(4)
-    client.send({"action": "cancel", "id": 4})
-    cancelled = client.wait_done(4)
-    _assert_stream(cancelled)
+    cancelled = _cancel_mid_stream(client, 4)
     assert len(cancelled) < 256
     reasons = _reasons(kc)
     assert reasons[2] == "cancelled" and reasons[4] == "cancelled", reasons  # stopped, not finished
@@ -223,10 +229,6 @@ def test_a_cell_started_mid_completion_does_not_capture_the_comm(kernel):
         client.send({"action": "complete", "id": rid, "prefix": "Once upon a", "max_tokens": 4, "mode": "none"})
         _assert_stream(client.wait_done(rid, timeout=30))
     # and cancellation works there too, while the cell still runs
-    client.send({**LONG, "id": 4})
-    client.wait_text(4)
-    client.send({"action": "cancel", "id": 4})
-    cancelled = client.wait_done(4)
-    _assert_stream(cancelled)
+    cancelled = _cancel_mid_stream(client, 4)
     assert len(cancelled) < 100
     assert time.monotonic() - cell_started < 12.0, "a later request waited for the running cell"
