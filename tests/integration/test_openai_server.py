@@ -23,6 +23,7 @@ from llm_magic.engines.openai import RemoteModel, describe_connection_error
 from llm_magic.specs import resolve
 
 from conftest import run, run_error
+from fake_openai import ModelsHandler
 from llama_server import free_port, need_llama_cpp_tools, start_server
 
 pytest.importorskip("openai")
@@ -252,21 +253,10 @@ def test_a_prompt_longer_than_the_servers_context_is_one_line(server_kind, tmp_p
 # ---- 5xx and malformed streams: a small loopback HTTP server that misbehaves on purpose -------------
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(ModelsHandler):
     mode = "500"
     hits = 0
     bodies: ClassVar[list[dict]] = []  # mode "record": the JSON bodies received
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self):
         type(self).hits += 1

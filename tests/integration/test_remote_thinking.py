@@ -16,6 +16,7 @@ from llama_templates import WHY_NONE, template_model, template_path
 import llm_magic
 from llm_magic.thinking import Thinking
 
+from fake_openai import ModelsHandler
 from llama_server import Server
 
 pytest.importorskip("openai")
@@ -40,19 +41,10 @@ def test_think_tags_passed_through_by_a_server_are_split_off(tmp_path_factory):
         server.stop()
 
 
-class _ReasoningServer(http.server.BaseHTTPRequestHandler):
+class _ReasoningServer(ModelsHandler):
     """Streams ``reasoning_content`` deltas, then ``content`` deltas (llama-server's default)."""
 
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        body = json.dumps({"object": "list", "data": [{"id": "r", "object": "model", "owned_by": "x"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    model_id = "r"
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
