@@ -251,20 +251,21 @@ class LocalModel:
         should_stop: Callable[[], bool],
         stats: StreamStats,
         deadline: float | None = None,
+        prompt_batch: int | None = None,
         **sampling: Any,
     ) -> Generator[str, None, None]:
         """Yield text pieces as tokens are generated (one request at a time: see the module doc).
 
         Text goes through our own loop (``llama_loop``): ``should_stop`` is polled before every
         token and between prompt batches, so a Stop or the deadline (which reaches us through it)
-        ends the work within one token or one batch. Images go through the vision chat handler.
+        ends the work within one token or one batch. ``prompt_batch`` makes those batches smaller
+        (a request that must give way soon). Images go through the vision chat handler.
         """
         self._check_open()
         seed = sampling.pop("seed", None)
         grammar = sampling.pop("grammar", None)
         draft = sampling.pop("draft", None)
         extra_stop = sampling.pop("stop", None)
-        prompt_batch = sampling.pop("prompt_batch", None)  # smaller prompt batches: gives way sooner
         kwargs = {k: v for k, v in sampling.items() if v is not None}
         if grammar is not None:
             grammar = checked_grammar(self._lc, self.llm, grammar)
